@@ -1,0 +1,1 @@
+"""Cluster: typed config, CLI, the driver loop, Ray placement and metrics."""

@@ -1,0 +1,184 @@
+"""Typed run configuration: YAML file + `section.key=value` overrides, validated before anything starts."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from learner.config import LearnerConfig
+
+
+class ConfigError(ValueError):
+    """A config file or override that names an unknown key or holds a value of the wrong type."""
+
+
+@dataclass
+class ModelConfig:
+    # A hub id or local folder loaded with from_pretrained; "tiny" builds the offline tiny Qwen2 model.
+    path: str = "tiny"
+    tiny_model_dir: str = "runs/tiny-model"
+
+
+@dataclass
+class DataConfig:
+    # A local .jsonl file, or a hub dataset id (with `subset` and `split`) for machines that reach a hub.
+    path: str = "../shared/data/gsm8k/train.jsonl"
+    subset: str | None = None
+    split: str = "train"
+    question_field: str = "question"
+    answer_field: str = "answer"
+    gold_format: str = "gsm8k"  # "gsm8k": the text after '####'; "plain": the field as is
+    limit: int | None = None
+    shuffle_seed: int = 0
+
+
+@dataclass
+class RolloutConfig:
+    prompts_per_step: int = 2  # B
+    samples_per_prompt: int = 4  # m
+    continuations: int = 2  # k
+    rounds: int = 2  # R
+    temperature: float = 1.0
+    continuation_temperature: float = 0.8
+    top_p: float = 1.0
+    max_tokens: int = 64  # per round
+    continuation_policy: str = "current"
+    max_model_len: int = 1024
+    kv_cache_mb: int = 64
+    num_cpus: float = 1
+    seed: int = 0
+
+
+@dataclass
+class RewardConfig:
+    format_weight: float = 0.5
+
+
+@dataclass
+class ClusterConfig:
+    address: str | None = None  # None: start a local Ray; "auto" or "ray://host:port": join that cluster
+    learner_num_cpus: float = 1
+    learner_threads: int | None = None  # torch threads in the learner; None = all cores
+
+
+@dataclass
+class RunConfig:
+    steps: int = 4
+    output_dir: str = "runs/demo"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+
+    def validate(self) -> None:
+        r = self.rollout
+        if self.steps < 1:
+            raise ConfigError(f"steps must be >= 1, got {self.steps}")
+        for name in ("prompts_per_step", "samples_per_prompt", "continuations", "rounds", "max_tokens"):
+            if getattr(r, name) < 1:
+                raise ConfigError(f"rollout.{name} must be >= 1, got {getattr(r, name)}")
+        if r.samples_per_prompt < 2:
+            raise ConfigError("rollout.samples_per_prompt must be >= 2: GRPO compares samples within a group")
+        if r.continuation_policy not in ("current", "frozen_base"):
+            raise ConfigError(f"rollout.continuation_policy must be 'current' or 'frozen_base', got {r.continuation_policy!r}")
+        if r.max_tokens >= r.max_model_len:
+            raise ConfigError(f"rollout.max_tokens ({r.max_tokens}) must be below rollout.max_model_len ({r.max_model_len})")
+        if self.data.gold_format not in ("gsm8k", "plain"):
+            raise ConfigError(f"data.gold_format must be 'gsm8k' or 'plain', got {self.data.gold_format!r}")
+        if self.learner.lora_rank > 256:
+            raise ConfigError("learner.lora_rank above 256 is not supported by vLLM's LoRA kernels")
+        try:
+            self.learner.validate()
+        except ValueError as e:
+            raise ConfigError(str(e)) from e
+
+
+def _coerce(value, annotation, where: str):
+    """Check `value` against a dataclass field annotation (str, int, float, bool, lists, Optional)."""
+    hint = typing.get_origin(annotation)
+    if hint in (typing.Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0])
+    if hint is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        (item,) = typing.get_args(annotation)
+        return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if annotation is bool and not isinstance(value, bool):
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if annotation in (int, float) and isinstance(value, bool):
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if isinstance(annotation, type) and not isinstance(value, annotation):
+        raise ConfigError(f"{where}: expected {annotation.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _build(cls, values: dict, where: str):
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where or 'config'}: expected a mapping, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"unknown config key {where + '.' if where else ''}{unknown[0]} (known: {', '.join(sorted(known))})")
+    kwargs = {}
+    for name, value in values.items():
+        key = f"{where}.{name}" if where else name
+        if dataclasses.is_dataclass(hints[name]):
+            kwargs[name] = _build(hints[name], value, key)
+        else:
+            kwargs[name] = _coerce(value, hints[name], key)
+    return cls(**kwargs)
+
+
+def apply_override(raw: dict, override: str) -> None:
+    """Apply one `a.b.c=value` override (value parsed as YAML) to the raw config mapping."""
+    if "=" not in override:
+        raise ConfigError(f"override {override!r} is not of the form key=value")
+    key, text = override.split("=", 1)
+    *parents, leaf = key.strip().split(".")
+    node = raw
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {override!r}: {part} is not a section")
+    node[leaf] = yaml.safe_load(text)
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
+    raw: dict = {}
+    if path is not None:
+        try:
+            raw = yaml.safe_load(Path(path).read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+    for override in overrides:
+        apply_override(raw, override)
+    config = _build(RunConfig, raw, "")
+    config.validate()
+    return config
+
+
+def to_dict(config: RunConfig) -> dict:
+    return dataclasses.asdict(config)

@@ -1,0 +1,39 @@
+"""Per-step metrics: one console line and one JSON line in the run folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tqdm import tqdm
+
+CONSOLE_FIELDS = [
+    ("reward", "reward", "{:.3f}"),
+    ("accuracy", "acc", "{:.3f}"),
+    ("format_rate", "fmt", "{:.2f}"),
+    ("loss", "loss", "{:+.4f}"),
+    ("kl", "kl", "{:.2e}"),
+    ("adapter_version", "v", "{:d}"),
+    ("time_rollout", "rollout", "{:.1f}s"),
+    ("time_reward", "reward", "{:.2f}s"),
+    ("time_learn", "learn", "{:.1f}s"),
+    ("time_sync", "sync", "{:.2f}s"),
+]
+
+
+class MetricsLog:
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / "metrics.jsonl"
+        self._file = self.path.open("a")
+
+    def log(self, step: int, metrics: dict) -> None:
+        self._file.write(json.dumps({"step": step, **metrics}) + "\n")
+        self._file.flush()
+        parts = [f"step {step}"]
+        for key, label, fmt in CONSOLE_FIELDS:
+            if key in metrics:
+                parts.append(f"{label} {fmt.format(metrics[key])}")
+        tqdm.write(" | ".join(parts))
+
+    def close(self) -> None:
+        self._file.close()

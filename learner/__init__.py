@@ -1,0 +1,1 @@
+"""Learner: LoRA policy, GRPO losses, the DeepSpeed engine and the Ray learner actor."""

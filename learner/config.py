@@ -1,0 +1,48 @@
+"""Typed learner settings (the `learner:` section of a run config)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class LearnerConfig:
+    lora_rank: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+    learning_rate: float = 1e-5
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    zero_stage: int = 0
+    # Samples per optimizer step; the rollout batch is split into batch/mini_batch_size updates.
+    mini_batch_size: int = 8
+    micro_batch_size: int = 4
+    clip_low: float = 0.2
+    clip_high: float = 0.2
+    kl_coef: float = 0.0
+    advantage_estimator: str = "grpo"
+    norm_adv_by_std: bool = True
+    policy_loss: str = "clipped"
+    seed: int = 0
+
+    def validate(self) -> None:
+        from learner.losses import ADVANTAGE_ESTIMATORS, POLICY_LOSSES
+
+        if self.lora_rank < 1:
+            raise ValueError(f"learner.lora_rank must be >= 1, got {self.lora_rank}")
+        if self.zero_stage not in (0, 1, 2):
+            raise ValueError(f"learner.zero_stage must be 0, 1 or 2, got {self.zero_stage}")
+        if self.mini_batch_size < 1 or self.micro_batch_size < 1 or self.mini_batch_size % self.micro_batch_size:
+            raise ValueError(
+                f"learner.mini_batch_size ({self.mini_batch_size}) must be a positive multiple of "
+                f"learner.micro_batch_size ({self.micro_batch_size})"
+            )
+        if self.advantage_estimator not in ADVANTAGE_ESTIMATORS:
+            raise ValueError(f"learner.advantage_estimator {self.advantage_estimator!r} is not one of {sorted(ADVANTAGE_ESTIMATORS)}")
+        if self.policy_loss not in POLICY_LOSSES:
+            raise ValueError(f"learner.policy_loss {self.policy_loss!r} is not one of {sorted(POLICY_LOSSES)}")
+        if self.learning_rate < 0 or self.kl_coef < 0:
+            raise ValueError("learner.learning_rate and learner.kl_coef must be >= 0")

@@ -1,0 +1,53 @@
+"""The trainable policy: a transformers causal LM with a PEFT LoRA adapter, and its token logprobs."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from learner.config import LearnerConfig
+from learner.records import TrainSample
+
+
+def load_policy(model_path: str, config: LearnerConfig, dtype: torch.dtype = torch.float32):
+    """Base model from `from_pretrained(model_path)` (hub id or local folder) with a fresh LoRA adapter.
+
+    LoRA's B matrices start at zero, so the untrained adapter reproduces the base model exactly.
+    """
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
+    lora = LoraConfig(
+        r=config.lora_rank,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=list(config.target_modules),
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(base, lora)
+
+
+def pad_batch(samples: Sequence[TrainSample], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded prompt+completion ids, attention mask, and a mask over predicted completion tokens.
+
+    The completion mask is aligned with targets ids[:, 1:], i.e. with the logits that predict them.
+    """
+    sequences = [list(s.prompt_ids) + list(s.completion_ids) for s in samples]
+    width = max(len(seq) for seq in sequences)
+    ids = torch.full((len(samples), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(samples), width), dtype=torch.long)
+    completion = torch.zeros((len(samples), width - 1))
+    for i, (s, seq) in enumerate(zip(samples, sequences)):
+        ids[i, : len(seq)] = torch.tensor(seq)
+        attention[i, : len(seq)] = 1
+        completion[i, len(s.prompt_ids) - 1 : len(seq) - 1] = 1
+    return ids.to(device), attention.to(device), completion.to(device)
+
+
+def token_logprobs(model, ids: torch.Tensor, attention: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """log p(ids[:, t+1] | ids[:, :t+1]) under the sampling temperature, in float32."""
+    logits = model(input_ids=ids, attention_mask=attention).logits[:, :-1].float()
+    logprobs = torch.log_softmax(logits / temperature, dim=-1)
+    return logprobs.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)

@@ -1,0 +1,14 @@
+"""Records the learner accepts from the driver."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class TrainSample:
+    """One round-1 completion to train on, with its group-normalised advantage."""
+
+    prompt_ids: list[int]
+    completion_ids: list[int]
+    advantage: float

@@ -1,0 +1,1 @@
+"""Rollout: the vLLM engine wrapper, multi-round protocols and the Ray rollout actor."""

@@ -1,0 +1,111 @@
+"""Multi-round reasoning protocols built on one batched `generate` per round.
+
+MOTIF: round 1 produces m samples per question (reasoning, then a short progress note). Each round-1
+sample is continued k times through rounds 2..R; round r sees only the question and round r-1's progress,
+and the last round must end with a boxed final answer. With R == 1 this is plain single-round GRPO.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from rewards.format import extract_progress
+from rollout.records import Completion, MotifTrajectory, SamplingSpec
+
+Generate = Callable[[list[list[dict[str, str]]], SamplingSpec, bool], list[list[Completion]]]
+
+SYSTEM_PROMPT = "You are a careful assistant that solves math problems over several rounds of reasoning."
+INTERMEDIATE_FORMAT = (
+    "Think inside <reasoning> </reasoning>, then write a short summary of what you have established so far "
+    "inside <progress> </progress>. Only the progress is carried into the next round."
+)
+FINAL_FORMAT = (
+    "Think inside <reasoning> </reasoning>, then give the final answer inside <answer> </answer> "
+    "as \\boxed{...}."
+)
+MAX_PROGRESS_CHARS = 2000
+
+
+def round_instruction(round_index: int, rounds: int) -> str:
+    fmt = FINAL_FORMAT if round_index == rounds else INTERMEDIATE_FORMAT
+    return f"This is round {round_index} of {rounds}. {fmt}"
+
+
+def first_round_message(question: str, rounds: int) -> str:
+    return f"Question: {question}\n\n{round_instruction(1, rounds)}"
+
+
+def continuation_message(question: str, progress: str, round_index: int, rounds: int) -> str:
+    return (
+        f"Question: {question}\n\nProgress so far (from round {round_index - 1}):\n{progress}\n\n"
+        f"{round_instruction(round_index, rounds)}"
+    )
+
+
+def carried_progress(text: str) -> str:
+    """What a round passes on: its <progress> block, or (when the tag is missing) its own text, bounded."""
+    progress = extract_progress(text)
+    return (progress if progress is not None else text.strip())[:MAX_PROGRESS_CHARS]
+
+
+def conversation(user_message: str, system_prompt: str) -> list[dict[str, str]]:
+    return [{"role": "system", "content": system_prompt}, {"role": "user", "content": user_message}]
+
+
+@dataclass(frozen=True)
+class MotifSpec:
+    samples_per_prompt: int = 4  # m
+    continuations: int = 2  # k
+    rounds: int = 2  # R
+    first_round: SamplingSpec = SamplingSpec(temperature=1.0, max_tokens=128)
+    continuation: SamplingSpec = SamplingSpec(temperature=0.8, max_tokens=128)
+    continuation_policy: str = "current"  # "current" adapter or "frozen_base" model for rounds 2..R
+    system_prompt: str = SYSTEM_PROMPT
+
+    def __post_init__(self):
+        if min(self.samples_per_prompt, self.continuations, self.rounds) < 1:
+            raise ValueError(f"m, k and R must be >= 1, got {self.samples_per_prompt}, {self.continuations}, {self.rounds}")
+        if self.continuation_policy not in ("current", "frozen_base"):
+            raise ValueError(f"continuation_policy must be 'current' or 'frozen_base', got {self.continuation_policy!r}")
+
+
+def motif_rollout(generate: Generate, questions: Sequence[str], spec: MotifSpec) -> list[MotifTrajectory]:
+    """B questions -> B*m trajectories, each with k chains of R-1 continuation rounds."""
+    m, k, rounds = spec.samples_per_prompt, spec.continuations, spec.rounds
+    first_spec = SamplingSpec(**{**spec.first_round.__dict__, "n": m})
+    first = generate(
+        [conversation(first_round_message(q, rounds), spec.system_prompt) for q in questions], first_spec, True
+    )
+    trajectories = [
+        MotifTrajectory(prompt_index=b, first=sample) for b in range(len(questions)) for sample in first[b]
+    ]
+    if rounds == 1:
+        return trajectories
+
+    use_adapter = spec.continuation_policy == "current"
+    # Live chains: (trajectory, chain index, text of the previous round).
+    live = [(t, None, t.first.text) for t in trajectories]
+    for round_index in range(2, rounds + 1):
+        messages = [
+            continuation_message(questions[t.prompt_index], carried_progress(prev), round_index, rounds)
+            for t, _, prev in live
+        ]
+        fan_out = k if round_index == 2 else 1
+        outputs = generate(
+            [conversation(msg, spec.system_prompt) for msg in messages],
+            SamplingSpec(**{**spec.continuation.__dict__, "n": fan_out}),
+            use_adapter,
+        )
+        next_live = []
+        for (traj, chain_index, _), msg, samples in zip(live, messages, outputs):
+            for j, sample in enumerate(samples):
+                c = j if chain_index is None else chain_index
+                if chain_index is None:
+                    traj.chains.append([])
+                    traj.round_prompts.append([])
+                traj.chains[c].append(sample)
+                traj.round_prompts[c].append(msg)
+                next_live.append((traj, c, sample.text))
+        live = next_live
+    return trajectories
