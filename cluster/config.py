@@ -50,6 +50,8 @@ class RolloutConfig:
     continuation_policy: str = "current"
     max_model_len: int = 1024
     kv_cache_mb: int = 64
+    # vLLM's "auto" runs a float32 checkpoint in bfloat16 on CPU; "float32" matches the CPU learner exactly.
+    dtype: str = "auto"
     num_cpus: float = 1
     seed: int = 0
 
@@ -123,6 +125,12 @@ def _coerce(value, annotation, where: str):
         return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
     if annotation is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if annotation is float and isinstance(value, str):
+        # YAML 1.1 reads "2e-5" (no dot) as a string.
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
     if annotation is bool and not isinstance(value, bool):
         raise ConfigError(f"{where}: expected true or false, got {value!r}")
     if annotation in (int, float) and isinstance(value, bool):

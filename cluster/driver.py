@@ -112,6 +112,7 @@ def train(config: RunConfig) -> Path:
         max_lora_rank=config.learner.lora_rank,
         max_model_len=r.max_model_len,
         kv_cache_bytes=r.kv_cache_mb << 20,
+        dtype=r.dtype,
         seed=r.seed,
     )
     learner = LearnerWorker.options(num_cpus=config.cluster.learner_num_cpus, runtime_env={"env_vars": threads}).remote(

@@ -1,0 +1,41 @@
+"""Shared fixtures: a tiny offline model and one local Ray for the whole session."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GSM8K_TRAIN = os.path.join(REPO, "..", "shared", "data", "gsm8k", "train.jsonl")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> str:
+    from learner.tiny_model import build_tiny_model
+
+    return str(build_tiny_model(tmp_path_factory.mktemp("tiny") / "model"))
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    import ray
+
+    # Logical CPUs: the rollout and learner actors take turns on the real cores, and tests that start
+    # more actors must not wait for resources.
+    ray.init(num_cpus=8, include_dashboard=False, runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1"}})
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def rollout_worker(ray_session, tiny_model):
+    from rollout.actor import RolloutWorker
+
+    return RolloutWorker.options(num_cpus=1, runtime_env={"env_vars": {"OMP_NUM_THREADS": "2"}}).remote(
+        tiny_model, max_lora_rank=8, max_model_len=512, kv_cache_bytes=32 << 20, seed=0, dtype="float32"
+    )

@@ -1,0 +1,61 @@
+"""Config validation names what is wrong; malformed dataset rows are skipped, counted and named."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cluster.config import ConfigError, DataConfig, load_config
+from cluster.data import load_problems
+
+
+def test_demo_config_loads_and_overrides_apply():
+    cfg = load_config("cluster/configs/demo.yaml", ["rollout.rounds=3", "learner.learning_rate=2e-5", "steps=1"])
+    assert (cfg.rollout.rounds, cfg.learner.learning_rate, cfg.steps) == (3, 2e-5, 1)
+
+
+@pytest.mark.parametrize("override,message", [
+    ("rollout.roundz=3", "unknown config key rollout.roundz"),
+    ("rollout.rounds=three", "rollout.rounds: expected int"),
+    ("rollout.samples_per_prompt=1", "samples_per_prompt must be >= 2"),
+    ("rollout.continuation_policy=base", "continuation_policy"),
+    ("learner.zero_stage=5", "zero_stage"),
+    ("learner.mini_batch_size=6", "multiple of"),
+    ("learner.advantage_estimator=ppo", "advantage_estimator"),
+    ("steps", "key=value"),
+])
+def test_invalid_config_is_named(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("cluster/configs/demo.yaml", [override])
+
+
+def test_cli_reports_invalid_config_without_starting(capsys):
+    from cluster.cli import main
+
+    assert main(["train", "--config", "cluster/configs/demo.yaml", "rollout.rounds=0"]) == 2
+    assert "rollout.rounds must be >= 1" in capsys.readouterr().err
+
+
+def test_malformed_rows_are_skipped_counted_and_named(tmp_path):
+    path = tmp_path / "mixed.jsonl"
+    rows = [
+        json.dumps({"question": "What is 1+1?", "answer": "1+1=2\n#### 2"}),
+        "{not json",
+        json.dumps({"question": "", "answer": "#### 3"}),
+        json.dumps({"question": "Q without marker", "answer": "4"}),
+        json.dumps(["a", "list"]),
+        json.dumps({"answer": "#### 5"}),
+        json.dumps({"question": "What is 2*3?", "answer": "#### 6"}),
+    ]
+    path.write_text("\n".join(rows) + "\n")
+    problems, report = load_problems(DataConfig(path=str(path)))
+    assert [(p.question, p.gold, p.row) for p in problems] == [("What is 1+1?", "2", 0), ("What is 2*3?", "6", 6)]
+    assert sum(report.skipped.values()) == 5
+    summary = report.summary()
+    assert "row 1: invalid JSON" in summary and "skipped 5 rows" in summary
+
+
+def test_gsm8k_slice_loads_through_datasets():
+    problems, report = load_problems(DataConfig(path="../shared/data/gsm8k/train.jsonl", limit=10))
+    assert len(problems) == 10 and not report.skipped and problems[0].gold == "72"
