@@ -17,7 +17,7 @@ from cluster.data import Problem, load_problems
 from cluster.metrics import MetricsLog
 from learner.losses import ADVANTAGE_ESTIMATORS
 from learner.records import TrainSample
-from rewards import final_round_format, future_accuracy, intermediate_round_format
+from rewards import final_round_format, future_accuracies, intermediate_round_format
 from rollout.engine import PROMPT_TOO_LONG
 from rollout.protocols import MotifSpec
 from rollout.records import MotifTrajectory, SamplingSpec
@@ -59,13 +59,16 @@ def score(trajectories: list[MotifTrajectory], batch: list[Problem], config: Run
     """Reward per round-1 sample: format_weight * format + mean correctness of its continuations."""
     round_format = final_round_format if config.rollout.rounds == 1 else intermediate_round_format
     formats = [round_format(t.first.text) for t in trajectories]
-    accuracies = [future_accuracy(t.final_texts(), batch[t.prompt_index].gold) for t in trajectories]
+    accuracies, outcomes = future_accuracies(
+        [t.final_texts() for t in trajectories], [batch[t.prompt_index].gold for t in trajectories]
+    )
     rewards = [config.reward.format_weight * f + a for f, a in zip(formats, accuracies)]
     n = len(trajectories)
     return rewards, {
         "reward": sum(rewards) / n,
         "accuracy": sum(accuracies) / n,
         "format_rate": sum(formats) / n,
+        **{f"grade_{reason}": float(count) for reason, count in sorted(outcomes.items())},
     }
 
 

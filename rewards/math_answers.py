@@ -1,6 +1,8 @@
-"""Final-answer extraction and comparison for math datasets.
+"""Final-answer extraction and equivalence for math datasets (runs inside the grading workers).
 
-Model text is untrusted: nothing here evaluates it; numbers are parsed with `fractions.Fraction`.
+Model text is untrusted: nothing here evaluates it. Numbers are compared exactly with `fractions.Fraction`;
+other expressions go through math-verify (LaTeX -> SymPy by a parser, never `eval`/`sympify` of raw text).
+Callers use `rewards.grading.grade`, which bounds every call in time; these functions are unbounded.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ import re
 from fractions import Fraction
 
 _BOX_COMMANDS = ("\\boxed", "\\fbox")
+MAX_ANSWER_CHARS = 1000
 
 
 def last_boxed(text: str) -> str | None:
@@ -30,19 +33,27 @@ def last_boxed(text: str) -> str | None:
     return None
 
 
-_ANSWER_IS = re.compile(r"answer is[:\s]*\$?([^\n$]+?)\$?\s*(?:\.\s*)?$", re.IGNORECASE | re.MULTILINE)
+_ANSWER_IS = re.compile(r"answer is:?", re.IGNORECASE)
 
 
 def extract_answer(response: str) -> str | None:
     """The final answer of a model response.
 
-    The last balanced `\\boxed{}`/`\\fbox{}`; failing that, the last "the answer is X" phrase.
+    1. the last balanced `\\boxed{}` / `\\fbox{}`;
+    2. else the rest of the line after the last "answer is" / "answer is:", without surrounding `$`,
+       bold markers and a final period.
     """
     boxed = last_boxed(response)
     if boxed is not None:
         return boxed
-    matches = _ANSWER_IS.findall(response)
-    return matches[-1].strip() if matches else None
+    found = list(_ANSWER_IS.finditer(response))
+    if not found:
+        return None
+    tail = response[found[-1].end() :].split("\n", 1)[0].strip().strip("*").strip()
+    tail = tail.removesuffix(".").strip()
+    if tail.startswith("$") and tail.endswith("$") and len(tail) > 1:
+        tail = tail.strip("$").strip()
+    return tail or None
 
 
 def gsm8k_gold(answer_field: str) -> str:
@@ -53,26 +64,89 @@ def gsm8k_gold(answer_field: str) -> str:
 
 
 _NUMBER = re.compile(r"^[-+]?(\d+(\.\d*)?|\.\d+)$")
+_THOUSANDS = re.compile(r"^[-+]?\d{1,3}(,\d{3})+(\.\d*)?$")
+_TEXT_UNITS = re.compile(r"\\(?:text|mbox|mathrm)\{[^{}]*\}")
+_WRAPPERS = [("\\left", ""), ("\\right", ""), ("\\!", ""), ("\\,", ""), ("\\ ", ""), ("\\dfrac", "\\frac"), ("\\tfrac", "\\frac")]
+
+
+def _strip_decorations(text: str) -> str:
+    text = text.strip().strip("$").strip()
+    for old, new in _WRAPPERS:
+        text = text.replace(old, new)
+    text = _TEXT_UNITS.sub("", text)  # units in \text{}: "5 \text{ cm}" -> "5"
+    text = text.replace("^\\circ", "").replace("^{\\circ}", "").replace("\\%", "").replace("%", "")
+    text = text.replace("\\$", "").replace("$", "")
+    return text.strip().removesuffix(".").strip()
 
 
 def parse_number(text: str) -> Fraction | None:
-    """A plain number in `text` (thousands separators, `$`, `%`, `\\!` and trailing dots removed)."""
-    cleaned = text.strip().replace(",", "").replace("\\!", "").replace("\\$", "").replace("$", "")
-    cleaned = cleaned.rstrip(".").rstrip("%").replace("\\%", "").strip()
+    """A plain decimal number (sign, thousands separators, `$`, `%`, units and trailing zeros allowed)."""
+    cleaned = _strip_decorations(text).replace(" ", "")
+    if _THOUSANDS.match(cleaned):
+        cleaned = cleaned.replace(",", "")
     if len(cleaned) > 64 or not _NUMBER.match(cleaned):
         return None
     return Fraction(cleaned)
 
 
+_ASSIGNMENT = re.compile(r"^\s*[a-zA-Z](?:_\{?\w+\}?)?\s*=\s*(?=\S)")
+_CHOICE = re.compile(r"^\(?([A-Ea-e])\)?$")
+
+
+_TEXT_WRAPPER = re.compile(r"\\(?:text|textbf|mbox|mathrm)\{([^{}]*)\}")
+
+
+def _unwrap_text(text: str) -> str:
+    """`\\text{Evelyn}` -> `Evelyn`: keeps the words of text answers."""
+    return _TEXT_WRAPPER.sub(r"\1", text.strip().strip("$")).strip()
+
+
+def _choice_letter(text: str) -> str | None:
+    m = _CHOICE.match(_unwrap_text(text).removesuffix(".").strip())
+    return m.group(1).upper() if m else None
+
+
 def answers_match(predicted: str, gold: str) -> bool:
-    """Numeric equality when both parse as numbers, else exact match after whitespace removal."""
+    """Whether a predicted final answer equals the gold one.
+
+    Numbers compare exactly (so a plain integer never accepts x100 or /100 variants); a multiple-choice
+    letter gold accepts only that letter; "x = 3" counts as "3" when the gold is not an equation;
+    everything else goes to math-verify with the gold first.
+    """
+    if len(predicted) > MAX_ANSWER_CHARS:
+        return False
+    if "=" not in gold:
+        predicted = _ASSIGNMENT.sub("", predicted, count=1)
+    gold_letter = _choice_letter(gold)
+    if gold_letter is not None:
+        return _choice_letter(predicted) == gold_letter
     p, g = parse_number(predicted), parse_number(gold)
-    if p is not None and g is not None:
-        return p == g
-    return "".join(predicted.split()) == "".join(gold.split())
+    if g is not None:
+        if p is not None:
+            return p == g
+        # A gold number against a non-numeric prediction: only math-verify's exact evaluation (e.g. 
+        # "\frac{3}{2}" for 1.5) may accept it, never its percentage reading.
+    return _math_verify_equal(predicted, gold)
 
 
-def grade(response: str, gold: str) -> bool:
-    """True when the final answer extracted from `response` equals the gold final answer."""
+def _math_verify_equal(predicted: str, gold: str) -> bool:
+    from math_verify import parse, verify
+
+    # Timeouts are enforced by the grading pool (a killable process), so math-verify's own signal-based
+    # alarms, which fail off the main thread, stay off.
+    def canonical(text: str) -> str:
+        return "".join(_unwrap_text(text).split()).lower()
+
+    if canonical(predicted) == canonical(gold):
+        return True
+    gold_parsed = parse(f"${gold.strip().strip('$')}$", parsing_timeout=None)
+    pred_parsed = parse(f"${predicted.strip().strip('$')}$", parsing_timeout=None)
+    if not gold_parsed or not pred_parsed:
+        return False
+    return bool(verify(gold_parsed, pred_parsed, timeout_seconds=None))
+
+
+def grade_unbounded(response: str, gold: str) -> bool:
+    """Extraction + comparison with no time bound; call through `rewards.grading`."""
     predicted = extract_answer(response)
     return predicted is not None and answers_match(predicted, gold)

@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 
-from rewards.math_answers import grade
+from rewards.grading import grade_batch
+
+
+def future_accuracies(finals: Sequence[Sequence[str]], golds: Sequence[str]) -> tuple[list[float], Counter]:
+    """Per round-1 sample, the mean correctness of its k final-round responses (graded in one batch),
+    and the count of grading outcomes by reason."""
+    if any(len(f) == 0 for f in finals):
+        raise ValueError("every round-1 sample needs at least one final response")
+    flat = [(text, gold) for texts, gold in zip(finals, golds) for text in texts]
+    results = grade_batch([t for t, _ in flat], [g for _, g in flat])
+    accuracies, i = [], 0
+    for texts in finals:
+        accuracies.append(sum(r.correct for r in results[i : i + len(texts)]) / len(texts))
+        i += len(texts)
+    return accuracies, Counter(r.reason for r in results)
 
 
 def future_accuracy(final_responses: Sequence[str], gold: str) -> float:
     """Mean correctness of the final-round responses of the k continuations of one round-1 sample."""
-    if not final_responses:
-        raise ValueError("future_accuracy needs at least one continuation")
-    return sum(grade(r, gold) for r in final_responses) / len(final_responses)
+    return future_accuracies([final_responses], [gold])[0][0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -11,7 +12,8 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-GSM8K_TRAIN = os.path.join(REPO, "..", "shared", "data", "gsm8k", "train.jsonl")
+DATA = Path(REPO).parent / "shared" / "data"
+GSM8K_TRAIN = str(DATA / "gsm8k" / "train.jsonl")
 
 
 @pytest.fixture(scope="session")
