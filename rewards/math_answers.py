@@ -10,26 +10,28 @@ from __future__ import annotations
 import re
 from fractions import Fraction
 
-_BOX_COMMANDS = ("\\boxed", "\\fbox")
 MAX_ANSWER_CHARS = 1000
 
 
+_BOX_OPEN = re.compile(r"\\(?:boxed|fbox)\s*\{")
+
+
 def last_boxed(text: str) -> str | None:
-    """Content of the last `\\boxed{...}` / `\\fbox{...}` with balanced braces, or None."""
-    start = max(text.rfind(cmd) for cmd in _BOX_COMMANDS)
-    while start >= 0:
-        i = text.find("{", start)
-        if i >= 0 and text[start:i].strip() in _BOX_COMMANDS:
-            depth = 0
-            for j in range(i, len(text)):
-                if text[j] == "{":
-                    depth += 1
-                elif text[j] == "}":
-                    depth -= 1
-                    if depth == 0:
-                        return text[i + 1 : j].strip()
-        # Unbalanced or malformed: try the previous box.
-        start = max(text.rfind(cmd, 0, start) for cmd in _BOX_COMMANDS)
+    """Content of the last `\\boxed{...}` / `\\fbox{...}` with balanced braces, or None.
+
+    One pass pairs every brace, so thousands of unbalanced boxes cost linear time, not quadratic.
+    """
+    closing: dict[int, int] = {}
+    stack: list[int] = []
+    for i, ch in enumerate(text):
+        if ch == "{":
+            stack.append(i)
+        elif ch == "}" and stack:
+            closing[stack.pop()] = i
+    for box in reversed(list(_BOX_OPEN.finditer(text))):
+        brace = box.end() - 1
+        if brace in closing:
+            return text[brace + 1 : closing[brace]].strip()
     return None
 
 
