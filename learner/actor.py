@@ -12,7 +12,7 @@ import ray
 import torch
 
 from learner.config import LearnerConfig
-from learner.losses import POLICY_LOSSES, k3_kl, masked_mean
+from learner.losses import POLICY_LOSSES, k3_kl
 from learner.policy import load_policy, pad_batch, token_logprobs
 from learner.records import TrainSample
 
@@ -148,16 +148,6 @@ class GRPOLearner:
             "train_tokens": totals["tokens"],
             "optimizer_steps": float(len(range(0, len(samples), cfg.mini_batch_size))),
         }
-
-    def sequence_logprobs(self, samples: Sequence[TrainSample]) -> list[list[float]]:
-        """Current policy logprobs of each sample's completion tokens (for checks and diagnostics)."""
-        self.engine.eval()
-        with torch.no_grad():
-            out = []
-            for micro in self._micro_batches(samples):
-                logprobs, mask = self._logprobs(micro)
-                out.extend(lp[m.bool()].tolist() for lp, m in zip(logprobs, mask))
-        return out
 
     def export_adapter(self, path: str) -> str:
         """Write the adapter in PEFT format to `path`, atomically (a reader never sees a half adapter)."""
