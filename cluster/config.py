@@ -11,6 +11,7 @@ from pathlib import Path
 import yaml
 
 from learner.config import LearnerConfig
+from rewards.registry import RewardTerm, check_terms
 
 
 class ConfigError(ValueError):
@@ -56,9 +57,15 @@ class RolloutConfig:
     seed: int = 0
 
 
+def _default_reward_components() -> list[RewardTerm]:
+    return [RewardTerm("format", weight=0.5), RewardTerm("accuracy", weight=1.0)]
+
+
 @dataclass
 class RewardConfig:
-    format_weight: float = 0.5
+    # Registry names (format, accuracy, reward_model) or path/to/file.py:function, each with a weight.
+    components: list[RewardTerm] = field(default_factory=_default_reward_components)
+    motivation: bool = False  # MeRF: write the components' descriptions into the system prompt
 
 
 @dataclass
@@ -94,6 +101,10 @@ class RunConfig:
             raise ConfigError(f"rollout.max_tokens ({r.max_tokens}) must be below rollout.max_model_len ({r.max_model_len})")
         if self.data.gold_format not in ("gsm8k", "plain"):
             raise ConfigError(f"data.gold_format must be 'gsm8k' or 'plain', got {self.data.gold_format!r}")
+        try:
+            check_terms(self.reward.components)
+        except ValueError as e:
+            raise ConfigError(str(e)) from e
         if self.learner.lora_rank > 256:
             raise ConfigError("learner.lora_rank above 256 is not supported by vLLM's LoRA kernels")
         try:
@@ -122,6 +133,8 @@ def _coerce(value, annotation, where: str):
         if not isinstance(value, list):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         (item,) = typing.get_args(annotation)
+        if dataclasses.is_dataclass(item):
+            return [_build(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
         return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
     if annotation is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
@@ -148,6 +161,11 @@ def _build(cls, values: dict, where: str):
     unknown = sorted(set(values) - known)
     if unknown:
         raise ConfigError(f"unknown config key {where + '.' if where else ''}{unknown[0]} (known: {', '.join(sorted(known))})")
+    required = [f.name for f in dataclasses.fields(cls)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [name for name in required if name not in values]
+    if missing:
+        raise ConfigError(f"{where}: missing key {missing[0]}")
     kwargs = {}
     for name, value in values.items():
         key = f"{where}.{name}" if where else name

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import random
 import shutil
@@ -17,9 +18,11 @@ from cluster.data import Problem, load_problems
 from cluster.metrics import MetricsLog
 from learner.losses import ADVANTAGE_ESTIMATORS
 from learner.records import TrainSample
-from rewards import final_round_format, future_accuracies, intermediate_round_format
+from rewards import RewardSample, build_rewards, score_samples
+from rewards.motivation import motivated_system_prompt
+from rewards.registry import Reward
 from rollout.engine import PROMPT_TOO_LONG
-from rollout.protocols import MotifSpec
+from rollout.protocols import SYSTEM_PROMPT, MotifSpec, motif_response_format
 from rollout.records import MotifTrajectory, SamplingSpec
 
 
@@ -31,8 +34,9 @@ def resolve_model(config: RunConfig) -> str:
     return str(ensure_tiny_model(Path(config.model.tiny_model_dir).resolve()))
 
 
-def motif_spec(config: RunConfig) -> MotifSpec:
+def motif_spec(config: RunConfig, rewards: list[Reward]) -> MotifSpec:
     r = config.rollout
+    system_prompt = motivated_system_prompt(SYSTEM_PROMPT, rewards) if config.reward.motivation else SYSTEM_PROMPT
     return MotifSpec(
         samples_per_prompt=r.samples_per_prompt,
         continuations=r.continuations,
@@ -40,6 +44,7 @@ def motif_spec(config: RunConfig) -> MotifSpec:
         first_round=SamplingSpec(temperature=r.temperature, top_p=r.top_p, max_tokens=r.max_tokens),
         continuation=SamplingSpec(temperature=r.continuation_temperature, top_p=r.top_p, max_tokens=r.max_tokens),
         continuation_policy=r.continuation_policy,
+        system_prompt=system_prompt,
     )
 
 
@@ -55,21 +60,17 @@ def prompt_batches(problems: list[Problem], size: int, seed: int):
             raise ValueError(f"only {len(order)} problems, fewer than rollout.prompts_per_step={size}")
 
 
-def score(trajectories: list[MotifTrajectory], batch: list[Problem], config: RunConfig) -> tuple[list[float], dict]:
-    """Reward per round-1 sample: format_weight * format + mean correctness of its continuations."""
-    round_format = final_round_format if config.rollout.rounds == 1 else intermediate_round_format
-    formats = [round_format(t.first.text) for t in trajectories]
-    accuracies, outcomes = future_accuracies(
-        [t.final_texts() for t in trajectories], [batch[t.prompt_index].gold for t in trajectories]
-    )
-    rewards = [config.reward.format_weight * f + a for f, a in zip(formats, accuracies)]
-    n = len(trajectories)
-    return rewards, {
-        "reward": sum(rewards) / n,
-        "accuracy": sum(accuracies) / n,
-        "format_rate": sum(formats) / n,
-        **{f"grade_{reason}": float(count) for reason, count in sorted(outcomes.items())},
-    }
+def reward_samples(trajectories: list[MotifTrajectory], batch: list[Problem], spec: MotifSpec) -> list[RewardSample]:
+    return [
+        RewardSample(
+            question=batch[t.prompt_index].question,
+            gold=batch[t.prompt_index].gold,
+            response=t.first.text,
+            finals=tuple(t.final_texts()),
+            response_format=spec.response_format,
+        )
+        for t in trajectories
+    ]
 
 
 def rollout_stats(trajectories: list[MotifTrajectory]) -> dict:
@@ -89,8 +90,16 @@ def start_ray(config: RunConfig) -> None:
     if ray.is_initialized():
         return
     env = {k: v for k, v in os.environ.items() if k.startswith(("HF_", "VLLM_", "TRANSFORMERS_"))}
-    ray.init(address=config.cluster.address, runtime_env={"env_vars": env}, include_dashboard=False,
-             log_to_driver=True)
+    num_cpus = None
+    if config.cluster.address is None:
+        # A local Ray offers at least the CPUs the run's actors ask for: on a small machine they take turns
+        # on the real cores instead of waiting forever to be placed.
+        requested = config.rollout.num_cpus + config.cluster.learner_num_cpus + sum(
+            t.num_cpus for t in config.reward.components if t.name == "reward_model"
+        )
+        num_cpus = max(os.cpu_count() or 1, math.ceil(requested))
+    ray.init(address=config.cluster.address, num_cpus=num_cpus, runtime_env={"env_vars": env},
+             include_dashboard=False, log_to_driver=True)
 
 
 def train(config: RunConfig) -> Path:
@@ -121,7 +130,10 @@ def train(config: RunConfig) -> Path:
     learner = LearnerWorker.options(num_cpus=config.cluster.learner_num_cpus, runtime_env={"env_vars": threads}).remote(
         model_path, config.learner, temperature=r.temperature, num_threads=config.cluster.learner_threads or os.cpu_count()
     )
-    spec = motif_spec(config)
+    rewards = build_rewards(config.reward.components, motif_response_format(r.rounds))
+    spec = motif_spec(config, rewards)
+    if config.reward.motivation:
+        tqdm.write(f"system prompt with motivation:\n{spec.system_prompt}")
     estimator = ADVANTAGE_ESTIMATORS[config.learner.advantage_estimator]
     batches = prompt_batches(problems, r.prompts_per_step, config.data.shuffle_seed)
     log = MetricsLog(run_dir)
@@ -133,9 +145,9 @@ def train(config: RunConfig) -> Path:
             t0 = time.perf_counter()
             trajectories = ray.get(rollout.motif_rollout.remote([p.question for p in batch], spec))
             t1 = time.perf_counter()
-            rewards, reward_metrics = score(trajectories, batch, config)
+            totals, reward_metrics = score_samples(rewards, reward_samples(trajectories, batch, spec))
             advantages = estimator(
-                rewards, [t.prompt_index for t in trajectories], norm_by_std=config.learner.norm_adv_by_std
+                totals, [t.prompt_index for t in trajectories], norm_by_std=config.learner.norm_adv_by_std
             ).tolist()
             samples = [
                 TrainSample(t.first.prompt_ids, t.first.completion_ids, a)
@@ -159,4 +171,6 @@ def train(config: RunConfig) -> Path:
         tqdm.write(f"final adapter: {final}\nmetrics: {log.path}")
     finally:
         log.close()
+        for reward in rewards:
+            reward.close()
     return run_dir

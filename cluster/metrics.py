@@ -9,8 +9,9 @@ from tqdm import tqdm
 
 CONSOLE_FIELDS = [
     ("reward", "reward", "{:.3f}"),
-    ("accuracy", "acc", "{:.3f}"),
-    ("format_rate", "fmt", "{:.2f}"),
+    ("reward/accuracy", "acc", "{:.3f}"),
+    ("reward/format", "fmt", "{:.2f}"),
+    ("reward/reward_model", "rm", "{:+.3f}"),
     ("loss", "loss", "{:+.4f}"),
     ("kl", "kl", "{:.2e}"),
     ("adapter_version", "v", "{:d}"),

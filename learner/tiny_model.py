@@ -52,17 +52,10 @@ def build_tokenizer(vocab_size: int = 512):
     )
 
 
-def build_tiny_model(path: str | Path, seed: int = 0, hidden_size: int = 128, layers: int = 2) -> Path:
-    """Write a tiny Qwen2 model + tokenizer to `path` and return it.
+def _tiny_config(tokenizer, hidden_size: int, layers: int, **extra):
+    from transformers import Qwen2Config
 
-    head_dim = hidden_size / 4 heads must be >= 32 for vLLM's CPU attention backend.
-    """
-    import torch
-    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
-
-    path = Path(path)
-    tokenizer = build_tokenizer()
-    config = Qwen2Config(
+    return Qwen2Config(
         vocab_size=512,
         hidden_size=hidden_size,
         intermediate_size=2 * hidden_size,
@@ -77,16 +70,44 @@ def build_tiny_model(path: str | Path, seed: int = 0, hidden_size: int = 128, la
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=None,
+        **extra,
     )
-    torch.manual_seed(seed)
-    model = Qwen2ForCausalLM(config).to(torch.float32)
-    model.generation_config = GenerationConfig(
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
-    )
+
+
+def _save(model, tokenizer, path: str | Path) -> Path:
+    path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+def build_tiny_model(path: str | Path, seed: int = 0, hidden_size: int = 128, layers: int = 2) -> Path:
+    """Write a tiny Qwen2 model + tokenizer to `path` and return it.
+
+    head_dim = hidden_size / 4 heads must be >= 32 for vLLM's CPU attention backend.
+    """
+    import torch
+    from transformers import GenerationConfig, Qwen2ForCausalLM
+
+    tokenizer = build_tokenizer()
+    torch.manual_seed(seed)
+    model = Qwen2ForCausalLM(_tiny_config(tokenizer, hidden_size, layers)).to(torch.float32)
+    model.generation_config = GenerationConfig(
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
+    )
+    return _save(model, tokenizer, path)
+
+
+def build_tiny_reward_model(path: str | Path, seed: int = 0, hidden_size: int = 128, layers: int = 2) -> Path:
+    """Write an untrained tiny Qwen2 sequence-classification reward model (one score) + tokenizer to `path`."""
+    import torch
+    from transformers import Qwen2ForSequenceClassification
+
+    tokenizer = build_tokenizer()
+    torch.manual_seed(seed)
+    model = Qwen2ForSequenceClassification(_tiny_config(tokenizer, hidden_size, layers, num_labels=1))
+    return _save(model.to(torch.float32), tokenizer, path)
 
 
 def ensure_tiny_model(path: str | Path, seed: int = 0) -> Path:

@@ -53,6 +53,11 @@ def conversation(user_message: str, system_prompt: str) -> list[dict[str, str]]:
     return [{"role": "system", "content": system_prompt}, {"role": "user", "content": user_message}]
 
 
+def motif_response_format(rounds: int) -> str:
+    """The rewards.format.FORMATS entry a round-1 response should follow."""
+    return "reasoning_answer" if rounds == 1 else "reasoning_progress"
+
+
 @dataclass(frozen=True)
 class MotifSpec:
     samples_per_prompt: int = 4  # m
@@ -62,6 +67,10 @@ class MotifSpec:
     continuation: SamplingSpec = SamplingSpec(temperature=0.8, max_tokens=128)
     continuation_policy: str = "current"  # "current" adapter or "frozen_base" model for rounds 2..R
     system_prompt: str = SYSTEM_PROMPT
+
+    @property
+    def response_format(self) -> str:
+        return motif_response_format(self.rounds)
 
     def __post_init__(self):
         if min(self.samples_per_prompt, self.continuations, self.rounds) < 1:

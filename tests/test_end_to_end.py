@@ -1,4 +1,5 @@
-"""`motif train` as a user runs it: real Ray, vLLM and DeepSpeed on the tiny model, 2 steps."""
+"""`motif train` as a user runs it: real Ray, vLLM and DeepSpeed on the tiny model, 2 steps, with every kind
+of reward component (format, accuracy, a reward model actor, a user function) and the motivation prompt."""
 
 from __future__ import annotations
 
@@ -9,12 +10,28 @@ import sys
 
 from tests.conftest import REPO
 
+USER_REWARD = '''
+def brevity(sample):
+    """1 minus the response's length in characters over 1000, at least 0."""
+    return max(0.0, 1 - len(sample.response) / 1000)
+'''
+
 
 def test_motif_train_two_steps_writes_metrics_and_adapter(tmp_path):
+    from learner.tiny_model import build_tiny_reward_model
+
+    reward_model = build_tiny_reward_model(tmp_path / "rm")
+    (tmp_path / "my_rewards.py").write_text(USER_REWARD)
+    components = (
+        "[{name: format, weight: 0.5}, {name: accuracy}, "
+        f"{{name: reward_model, model: '{reward_model}', weight: 0.1}}, "
+        f"{{name: '{tmp_path / 'my_rewards.py'}:brevity', weight: 0.1}}]"
+    )
     run_dir = tmp_path / "run"
     cmd = [
         sys.executable, "-m", "cluster.cli", "train", "--config", "cluster/configs/demo.yaml",
         "steps=2", f"output_dir={run_dir}", f"model.tiny_model_dir={tmp_path / 'tiny'}", "data.limit=16",
+        f"reward.components={components}", "reward.motivation=true",
     ]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900,
                           env={**os.environ, "HF_HUB_OFFLINE": "1"})
@@ -23,10 +40,15 @@ def test_motif_train_two_steps_writes_metrics_and_adapter(tmp_path):
     assert [m["step"] for m in lines] == [1, 2]
     assert [m["adapter_version"] for m in lines] == [1, 2]
     for m in lines:
-        for key in ("reward", "accuracy", "format_rate", "loss", "kl", "time_rollout", "time_learn", "time_sync"):
+        for key in ("reward", "reward/format", "reward/accuracy", "reward/reward_model", "reward/brevity",
+                    "loss", "kl", "time_rollout", "time_learn", "time_sync"):
             assert isinstance(m[key], float), key
         assert m["continuations"] == 2 * 4 * 2  # B*m*k finals
+        assert m["reward/brevity/ok"] == 2 * 4  # one value per round-1 sample, none failed
+        assert "reward/reward_model/batch_failed" not in m
     assert (run_dir / "adapter" / "adapter_config.json").exists()
     assert (run_dir / "adapter" / "adapter_model.safetensors").exists()
     assert not list(run_dir.rglob("*.partial"))
-    assert "step 2 |" in proc.stdout + proc.stderr
+    output = proc.stdout + proc.stderr
+    assert "step 2 |" in output
+    assert "brevity (weight 0.1): 1 minus the response's length" in output  # the motivation prompt, printed

@@ -1,0 +1,274 @@
+"""Rewards by name: the config lists components with weights; each scores a batch, one float per sample.
+
+Built in: `format` (the tag structure the protocol asks for), `accuracy` (bounded math grading of the final
+answers), `reward_model` (a sequence-classification reward model in a Ray actor, RLMT). A user's own reward is
+named `path/to/file.py:function`: `function(sample: RewardSample) -> float`, run in a bounded worker process,
+so one that raises, hangs or returns junk costs that sample's component (scored 0, counted), not the run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import math
+import sys
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rewards.bounded import BoundedPool, process_wide
+from rewards.format import FORMATS, strip_thinking
+from rewards.motif import future_accuracies
+
+log = logging.getLogger(__name__)
+
+USER_REWARD_TIMEOUT_S = 5.0  # per sample
+REWARD_MODEL_TIMEOUT_S = 600.0  # per batch
+REWARD_MODEL_START_TIMEOUT_S = 300.0
+
+
+@dataclass(frozen=True)
+class RewardSample:
+    """What a reward sees of one trained response."""
+
+    question: str
+    gold: str | None
+    response: str  # the response being trained (MOTIF: the round-1 text)
+    finals: tuple[str, ...]  # the texts that end in a final answer (MOTIF: the k last rounds; else (response,))
+    response_format: str  # the FORMATS entry the response should follow
+
+
+@dataclass(frozen=True)
+class RewardTerm:
+    """One configured component: `{name, weight}`, plus `model` for `reward_model`."""
+
+    name: str
+    weight: float = 1.0
+    description: str | None = None  # replaces the built-in description or the user function's docstring
+    timeout_s: float | None = None  # user function: per sample (5 s); reward_model: per batch (600 s)
+    model: str | None = None  # reward_model: a hub id or local folder
+    batch_size: int = 16  # reward_model
+    max_length: int = 1024  # reward_model: tokens of (prompt, answer) kept, from the end
+    num_cpus: float = 1  # reward_model actor
+
+
+@dataclass
+class RewardScores:
+    values: list[float]
+    counts: Counter = field(default_factory=Counter)  # outcomes by reason, logged as reward/<name>/<reason>
+
+
+@dataclass
+class Reward:
+    name: str  # the metric key: registry name, or the user function's name
+    weight: float
+    description: str  # one sentence of what earns the reward; the motivation text is made of these
+    score: Callable[[Sequence[RewardSample]], RewardScores]
+    close: Callable[[], None] = lambda: None
+
+
+RewardFactory = Callable[[RewardTerm, str], Reward]
+REWARDS: dict[str, RewardFactory] = {}
+
+
+def register_reward(name: str) -> Callable[[RewardFactory], RewardFactory]:
+    def add(factory: RewardFactory) -> RewardFactory:
+        REWARDS[name] = factory
+        return factory
+
+    return add
+
+
+@register_reward("format")
+def _format(term: RewardTerm, response_format: str) -> Reward:
+    check = FORMATS[response_format]
+    return Reward(
+        "format", term.weight, term.description or check.description,
+        lambda samples: RewardScores([FORMATS[s.response_format](s.response) for s in samples]),
+    )
+
+
+def _mean_over_finals(samples: Sequence[RewardSample], flat_values: Sequence[float]) -> list[float]:
+    means, i = [], 0
+    for s in samples:
+        means.append(sum(flat_values[i : i + len(s.finals)]) / len(s.finals))
+        i += len(s.finals)
+    return means
+
+
+@register_reward("accuracy")
+def _accuracy(term: RewardTerm, response_format: str) -> Reward:
+    def score(samples: Sequence[RewardSample]) -> RewardScores:
+        if any(s.gold is None for s in samples):
+            raise ValueError("accuracy needs a gold answer for every sample")
+        return RewardScores(*future_accuracies([s.finals for s in samples], [s.gold for s in samples]))
+
+    return Reward(
+        "accuracy", term.weight,
+        term.description or "The share of the final answers reached from the response whose last \\boxed{} "
+        "value equals the reference answer mathematically, from 0 to 1.",
+        score,
+    )
+
+
+@register_reward("reward_model")
+def _reward_model(term: RewardTerm, response_format: str) -> Reward:
+    import ray
+
+    from rewards.reward_model import RewardModelWorker
+
+    worker = RewardModelWorker.options(num_cpus=term.num_cpus, max_restarts=1).remote(
+        term.model, batch_size=term.batch_size, max_length=term.max_length
+    )
+    try:
+        # Fails here, not at the first step, when the model cannot load or the cluster cannot place the actor.
+        ray.get(worker.__ray_ready__.remote(), timeout=REWARD_MODEL_START_TIMEOUT_S)
+    except ray.exceptions.GetTimeoutError:
+        ray.kill(worker)
+        raise RuntimeError(
+            f"reward model actor for {term.model} did not start within {REWARD_MODEL_START_TIMEOUT_S:.0f} s: "
+            f"the cluster cannot place num_cpus={term.num_cpus} (available: {ray.available_resources()})"
+        ) from None
+
+    def score(samples: Sequence[RewardSample]) -> RewardScores:
+        questions = [s.question for s in samples for _ in s.finals]
+        answers = [strip_thinking(f) for s in samples for f in s.finals]
+        values = ray.get(worker.score.remote(questions, answers), timeout=term.timeout_s or REWARD_MODEL_TIMEOUT_S)
+        return RewardScores(_mean_over_finals(samples, values))
+
+    return Reward(
+        "reward_model", term.weight,
+        term.description or "A learned reward model's score of the final answer for the question, judged "
+        "without the reasoning; higher is better.",
+        score, close=lambda: ray.kill(worker),
+    )
+
+
+def _load_module(path: str):
+    """Import a user's reward file by path (once per process), under a name derived from that path."""
+    resolved = Path(path).resolve()
+    module_name = "motif_user_reward_" + hashlib.sha1(str(resolved).encode()).hexdigest()[:12]
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    spec = importlib.util.spec_from_file_location(module_name, resolved)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    sys.modules[module_name] = module
+    return module
+
+
+def load_user_function(name: str) -> Callable:
+    """`path/to/file.py:function` -> the function, with errors that name the file and function."""
+    path, _, function = name.rpartition(":")
+    if not path.endswith(".py") or not function.isidentifier():
+        raise ValueError(f"reward {name!r}: a user reward is written path/to/file.py:function")
+    if not Path(path).is_file():
+        raise ValueError(f"reward {name!r}: file {path} not found")
+    try:
+        module = _load_module(path)
+    except Exception as e:
+        raise ValueError(f"reward {name!r}: importing {path} failed: {type(e).__name__}: {e}") from e
+    fn = getattr(module, function, None)
+    if not callable(fn):
+        raise ValueError(f"reward {name!r}: {path} has no function {function}")
+    return fn
+
+
+def _call_user_reward(path: str, function: str, sample: RewardSample) -> float:
+    value = getattr(_load_module(path), function)(sample)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise TypeError(f"returned {value!r}, not a finite number")
+    return float(value)
+
+
+_user_reward_pool = process_wide(BoundedPool)
+
+
+def _user_description(term: RewardTerm, fn: Callable) -> str:
+    description = term.description or (fn.__doc__ or "").strip().split("\n")[0]
+    if not description:
+        raise ValueError(f"reward {term.name!r}: give it a description (or a docstring): the motivation text "
+                         "and the logs need one sentence of what it rewards")
+    return description
+
+
+def _user_reward(term: RewardTerm) -> Reward:
+    fn = load_user_function(term.name)
+    path, _, function = term.name.rpartition(":")
+
+    def score(samples: Sequence[RewardSample]) -> RewardScores:
+        outcomes = _user_reward_pool().map(
+            _call_user_reward, [(path, function, s) for s in samples], term.timeout_s or USER_REWARD_TIMEOUT_S
+        )
+        failed = [o for o in outcomes if o.failure]
+        if failed:
+            log.warning("reward %s: %d of %d samples scored 0 (%s%s)", function, len(failed), len(samples),
+                        failed[0].failure, f": {failed[0].message}" if failed[0].message else "")
+        return RewardScores([0.0 if o.failure else o.value for o in outcomes],
+                            Counter(o.failure or "ok" for o in outcomes))
+
+    return Reward(function, term.weight, _user_description(term, fn), score)
+
+
+def check_terms(terms: Sequence[RewardTerm]) -> None:
+    """Config-time checks (no actors started): known names, unique metric keys, what each kind needs."""
+    if not terms:
+        raise ValueError("reward.components is empty: configure at least one reward")
+    seen = set()
+    for term in terms:
+        if term.name in REWARDS:
+            key = term.name
+        elif ":" in term.name:
+            _user_description(term, load_user_function(term.name))
+            key = term.name.rpartition(":")[2]
+        else:
+            raise ValueError(f"unknown reward {term.name!r} (known: {', '.join(sorted(REWARDS))}, "
+                             "or path/to/file.py:function)")
+        if key in seen:
+            raise ValueError(f"reward {key!r} is configured twice")
+        seen.add(key)
+        if (term.name == "reward_model") != (term.model is not None):
+            raise ValueError(f"reward {term.name!r}: `model` is required for reward_model and only for it")
+        if term.timeout_s is not None and term.timeout_s <= 0:
+            raise ValueError(f"reward {term.name!r}: timeout_s must be > 0")
+        if min(term.batch_size, term.max_length) < 1:
+            raise ValueError(f"reward {term.name!r}: batch_size and max_length must be >= 1")
+        if not math.isfinite(term.weight):
+            raise ValueError(f"reward {term.name!r}: weight must be a finite number")
+
+
+def build_rewards(terms: Sequence[RewardTerm], response_format: str) -> list[Reward]:
+    """The configured components, ready to score; reward models start their Ray actors here."""
+    if response_format not in FORMATS:
+        raise ValueError(f"unknown response format {response_format!r} (known: {', '.join(FORMATS)})")
+    check_terms(terms)
+    return [
+        REWARDS[t.name](t, response_format) if t.name in REWARDS else _user_reward(t)
+        for t in terms
+    ]
+
+
+def score_samples(rewards: Sequence[Reward], samples: Sequence[RewardSample]) -> tuple[list[float], dict]:
+    """Weighted sum per sample, and metrics per component: mean value and outcome counts.
+
+    A component that fails on the whole batch (a reward model actor that died, a timeout) is scored 0 for
+    that step, counted and logged; the run goes on.
+    """
+    n = len(samples)
+    totals = [0.0] * n
+    metrics: dict[str, float] = {}
+    for reward in rewards:
+        try:
+            scores = reward.score(samples)
+            if len(scores.values) != n:
+                raise ValueError(f"returned {len(scores.values)} values for {n} samples")
+        except Exception as e:  # noqa: BLE001 - one component's failure must not end the run
+            log.warning("reward %s failed on this batch, scored 0: %s: %s", reward.name, type(e).__name__, e)
+            scores = RewardScores([0.0] * n, Counter(batch_failed=n))
+        metrics[f"reward/{reward.name}"] = sum(scores.values) / n
+        metrics.update({f"reward/{reward.name}/{reason}": float(c) for reason, c in sorted(scores.counts.items())})
+        totals = [t + reward.weight * v for t, v in zip(totals, scores.values)]
+    metrics["reward"] = sum(totals) / n
+    return totals, metrics

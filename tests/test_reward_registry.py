@@ -1,0 +1,221 @@
+"""Format rewards per protocol, the reward registry (built-in and user rewards, weights, per-component
+metrics, failures contained) and the motivation text (MeRF)."""
+
+from __future__ import annotations
+
+import dataclasses
+import textwrap
+import time
+
+import pytest
+
+from cluster.config import ConfigError, load_config
+from cluster.driver import motif_spec
+from rewards import FORMATS, RewardSample, RewardTerm, build_rewards, motivation_text, score_samples, strip_thinking
+from rewards.registry import Reward, RewardScores
+from rollout.protocols import SYSTEM_PROMPT, motif_response_format
+from rollout.records import SamplingSpec
+
+USER_REWARDS = textwrap.dedent('''
+    import time
+
+    def length_bonus(sample):
+        """0.01 per character of the response, at most 1."""
+        return min(1.0, len(sample.response) / 100)
+
+    def explodes(sample):
+        """1 unless the response says boom."""
+        if "boom" in sample.response:
+            raise RuntimeError("boom in " + sample.question)
+        return 1.0
+
+    def hangs(sample):
+        """1 unless the response asks it to sleep."""
+        if "sleep" in sample.response:
+            time.sleep(600)
+        return 1.0
+
+    def junk(sample):
+        """Returns something that is not a number when the response says junk."""
+        return "not a number" if "junk" in sample.response else 1.0
+
+    def undocumented(sample):
+        return 0.0
+''')
+
+
+@pytest.fixture
+def user_file(tmp_path):
+    path = tmp_path / "my_rewards.py"
+    path.write_text(USER_REWARDS)
+    return str(path)
+
+
+FORMAT_CASES = {
+    "reasoning_answer": (
+        "<reasoning>step 1\nstep 2</reasoning>\n<answer>\\boxed{3}\n</answer>\n",
+        ["<reasoning>a</reasoning><answer>1</answer><answer>2</answer>",
+         "<answer>1</answer><reasoning>a</reasoning>",
+         "<reasoning></reasoning><answer>1</answer>",
+         "text before <reasoning>a</reasoning><answer>1</answer>",
+         "<reasoning>a</reasoning><progress>p</progress>"],
+    ),
+    "reasoning_progress": (
+        "<reasoning>step one\nstep two</reasoning>\n<progress>we know x = 3\nand y = 4</progress>",
+        ["<reasoning>a</reasoning><progress>p</progress><progress>again</progress>",
+         "<progress>p</progress><reasoning>r</reasoning>",
+         "<reasoning>a <reasoning>b</reasoning><progress>p</progress>",
+         "<reasoning>a</reasoning><answer>1</answer>"],
+    ),
+    "reasoning_answer_verify": (
+        "<reasoning>2+2\nis 4</reasoning>\n<answer>\\boxed{4}</answer>\n<verify> correct </verify>",
+        ["<reasoning>a</reasoning><answer>4</answer><verify>maybe</verify>",
+         "<reasoning>a</reasoning><answer>4</answer>",
+         "<reasoning>a</reasoning><answer>4</answer><verify>wrong</verify><verify>correct</verify>"],
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FORMATS))
+def test_every_format_accepts_its_multiline_shape_once_and_nothing_else(name):
+    good, bad = FORMAT_CASES[name]
+    spec = FORMATS[name]
+    assert spec(good) == 1.0
+    assert [spec(text) for text in bad] == [0.0] * len(bad)
+    assert spec.description.endswith(".") and spec.description.count(". ") == 0  # one sentence
+
+
+def test_format_patterns_are_fast_on_hostile_text():
+    start = time.monotonic()
+    for spec in FORMATS.values():
+        spec("<reasoning>" + "x" * 200_000)
+        spec("<reasoning>" * 20_000)
+    strip_thinking("<reasoning>" * 20_000 + "<answer>" * 20_000)
+    assert time.monotonic() - start < 5
+
+
+def test_strip_thinking_keeps_only_the_answer():
+    assert strip_thinking("<reasoning>long\nthought</reasoning>\n<answer>\nParis.\n</answer>") == "Paris."
+    assert strip_thinking("<think>hmm</think>Paris is the capital.") == "Paris is the capital."
+    assert strip_thinking("Sure. <reasoning>unfinished thought") == "Sure."
+    assert strip_thinking("no tags at all") == "no tags at all"
+
+
+def sample(response, finals=None, gold="4", question="What is 2+2?"):
+    return RewardSample(question, gold, response, tuple(finals or [response]), "reasoning_answer")
+
+
+def test_weighted_sum_and_metrics_per_component(user_file):
+    terms = [
+        RewardTerm("format", weight=0.5),
+        RewardTerm("accuracy", weight=2.0),
+        RewardTerm(f"{user_file}:length_bonus", weight=0.1),
+    ]
+    rewards = build_rewards(terms, "reasoning_answer")
+    good = "<reasoning>2+2</reasoning><answer>\\boxed{4}</answer>"
+    samples = [
+        sample(good),
+        sample("the answer is 5"),
+        # MOTIF: the response carries progress; accuracy is the mean over its k final answers.
+        RewardSample("What is 2+2?", "4", "<reasoning>r</reasoning><progress>p</progress>",
+                     ("\\boxed{4}", "\\boxed{5}", "\\boxed{4.0}", "none"), "reasoning_progress"),
+    ]
+    totals, metrics = score_samples(rewards, samples)
+    lengths = [min(1.0, len(s.response) / 100) for s in samples]
+    expected = [0.5 * 1 + 2.0 * 1 + 0.1 * lengths[0], 0 + 0 + 0.1 * lengths[1], 0.5 * 1 + 2.0 * 0.5 + 0.1 * lengths[2]]
+    assert totals == pytest.approx(expected)
+    assert metrics["reward"] == pytest.approx(sum(expected) / 3)
+    assert metrics["reward/format"] == pytest.approx(2 / 3)
+    assert metrics["reward/accuracy"] == pytest.approx(1.5 / 3)
+    assert metrics["reward/length_bonus"] == pytest.approx(sum(lengths) / 3)
+    assert (metrics["reward/accuracy/correct"], metrics["reward/accuracy/wrong"], metrics["reward/accuracy/no_answer"]) == (3, 2, 1)
+
+
+def test_user_reward_that_raises_hangs_or_returns_junk_costs_one_sample_not_the_run(user_file, caplog):
+    terms = [RewardTerm(f"{user_file}:{name}", timeout_s=2.0) for name in ("explodes", "hangs", "junk")]
+    rewards = build_rewards(terms, "reasoning_answer")
+    samples = [sample("fine"), sample("boom"), sample("please sleep"), sample("junk")]
+    start = time.monotonic()
+    totals, metrics = score_samples(rewards, samples)
+    elapsed = time.monotonic() - start
+    assert elapsed < 30, elapsed
+    assert totals == [3.0, 2.0, 2.0, 2.0]
+    assert metrics["reward/explodes/error"] == 1 and metrics["reward/explodes/ok"] == 3
+    assert metrics["reward/hangs/timeout"] == 1 and metrics["reward/hangs/ok"] == 3
+    assert metrics["reward/junk/error"] == 1
+    assert "boom in What is 2+2?" in caplog.text and "not a finite number" in caplog.text
+    # The pool replaced the worker it killed: the next batch is scored normally.
+    assert score_samples(rewards, [sample("fine")])[0] == [3.0]
+
+
+def test_a_component_failing_on_the_whole_batch_is_counted_and_scored_zero(caplog):
+    def broken(samples):
+        raise ConnectionError("reward model actor died")
+
+    rewards = [Reward("rm", 1.0, "a broken reward model.", broken),
+               Reward("one", 1.0, "always 1.", lambda samples: RewardScores([1.0] * len(samples)))]
+    totals, metrics = score_samples(rewards, [sample("a"), sample("b")])
+    assert totals == [1.0, 1.0]
+    assert metrics["reward/rm/batch_failed"] == 2
+    assert "reward model actor died" in caplog.text
+
+
+@pytest.mark.parametrize("component,message", [
+    ("{name: 'USER:missing'}", "has no function missing"),
+    ("{name: 'USER:undocumented'}", "give it a description"),
+    ("{name: 'nowhere.py:f'}", "file nowhere.py not found"),
+    ("{name: 'USER:length_bonus', weight: .nan}", "weight must be a finite number"),
+    ("{name: 'USER:length_bonus', timeout_s: 0}", "timeout_s must be > 0"),
+    ("{name: accuracy, model: some/model}", "only for it"),
+])
+def test_reward_config_errors_are_named(user_file, component, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("cluster/configs/demo.yaml", [f"reward.components=[{component.replace('USER', user_file)}]"])
+
+
+def test_user_reward_from_config_with_description(user_file):
+    config = load_config("cluster/configs/demo.yaml", [
+        f"reward.components=[{{name: '{user_file}:undocumented', description: 'always 0.'}}]"
+    ])
+    (reward,) = build_rewards(config.reward.components, "reasoning_answer")
+    assert (reward.name, reward.description) == ("undocumented", "always 0.")
+
+
+def test_motivation_text_follows_the_configured_rewards(user_file):
+    base = ["reward.motivation=true"]
+    default = load_config("cluster/configs/demo.yaml", base)
+    reweighted = load_config("cluster/configs/demo.yaml", base + [
+        f"reward.components=[{{name: format, weight: 0.2}}, {{name: accuracy}}, {{name: '{user_file}:length_bonus'}}]"
+    ])
+    single_round = load_config("cluster/configs/demo.yaml", base + ["rollout.rounds=1"])
+
+    def prompt(config):
+        rewards = build_rewards(config.reward.components, motif_response_format(config.rollout.rounds))
+        return motif_spec(config, rewards).system_prompt, rewards
+
+    texts = {}
+    for name, config in [("default", default), ("reweighted", reweighted), ("single_round", single_round)]:
+        system_prompt, rewards = prompt(config)
+        assert system_prompt.startswith(SYSTEM_PROMPT)
+        assert motivation_text(rewards) in system_prompt
+        for reward in rewards:
+            assert f"{reward.name} (weight {reward.weight:g}): {reward.description}" in system_prompt
+        texts[name] = system_prompt
+    assert len(set(texts.values())) == 3
+    assert "<progress>" in texts["default"] and "<progress>" not in texts["single_round"]
+    assert "format (weight 0.2)" in texts["reweighted"] and "0.01 per character" in texts["reweighted"]
+    off = load_config("cluster/configs/demo.yaml", ["reward.motivation=false"])
+    assert motif_spec(off, build_rewards(off.reward.components, "reasoning_progress")).system_prompt == SYSTEM_PROMPT
+
+
+def test_motivation_reaches_the_model_prompt(rollout_worker, tiny_model):
+    import ray
+    from transformers import AutoTokenizer
+
+    config = load_config("cluster/configs/demo.yaml", ["reward.motivation=true", "rollout.rounds=1"])
+    rewards = build_rewards(config.reward.components, "reasoning_answer")
+    spec = motif_spec(config, rewards)
+    spec = dataclasses.replace(spec, first_round=SamplingSpec(max_tokens=2), samples_per_prompt=2)
+    (trajectory, _) = ray.get(rollout_worker.motif_rollout.remote(["What is 2+2?"], spec))
+    prompt = AutoTokenizer.from_pretrained(tiny_model).decode(trajectory.first.prompt_ids)
+    assert motivation_text(rewards) in prompt
