@@ -35,24 +35,25 @@ def last_boxed(text: str) -> str | None:
     return None
 
 
-_ANSWER_IS = re.compile(r"answer is:?", re.IGNORECASE)
+_ANSWER_MARKER = re.compile(r"answer(?:\s+is)?\s*:|answer\s+is|####", re.IGNORECASE)
+_SENTENCE_END = re.compile(r"\.(?:\s|\Z)")
 
 
 def extract_answer(response: str) -> str | None:
     """The final answer of a model response.
 
     1. the last balanced `\\boxed{}` / `\\fbox{}`;
-    2. else the rest of the line after the last "answer is" / "answer is:", without surrounding `$`,
-       bold markers and a final period.
+    2. else the rest of the line after the last "answer is", "answer:" (also "Final Answer:", "answer is:")
+       or GSM8K's "####", up to the end of that sentence, without surrounding `$` and bold markers.
     """
     boxed = last_boxed(response)
     if boxed is not None:
         return boxed
-    found = list(_ANSWER_IS.finditer(response))
+    found = list(_ANSWER_MARKER.finditer(response))
     if not found:
         return None
     tail = response[found[-1].end() :].split("\n", 1)[0].strip().strip("*").strip()
-    tail = tail.removesuffix(".").strip()
+    tail = _SENTENCE_END.split(tail, maxsplit=1)[0].strip()
     if tail.startswith("$") and tail.endswith("$") and len(tail) > 1:
         tail = tail.strip("$").strip()
     return tail or None

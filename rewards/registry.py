@@ -52,6 +52,7 @@ class RewardTerm:
     batch_size: int = 16  # reward_model
     max_length: int = 1024  # reward_model: tokens of (prompt, answer) kept, from the end
     num_cpus: float = 1  # reward_model actor
+    num_gpus: float = 0  # reward_model actor; on a GPU it runs in bfloat16
 
 
 @dataclass
@@ -83,9 +84,8 @@ def register_reward(name: str) -> Callable[[RewardFactory], RewardFactory]:
 
 @register_reward("format")
 def _format(term: RewardTerm, response_format: str) -> Reward:
-    check = FORMATS[response_format]
     return Reward(
-        "format", term.weight, term.description or check.description,
+        "format", term.weight, term.description or FORMATS[response_format].description,
         lambda samples: RewardScores([FORMATS[s.response_format](s.response) for s in samples]),
     )
 
@@ -107,7 +107,7 @@ def _accuracy(term: RewardTerm, response_format: str) -> Reward:
 
     return Reward(
         "accuracy", term.weight,
-        term.description or "The share of the final answers reached from the response whose last \\boxed{} "
+        term.description or "the share of the final answers reached from the response whose last \\boxed{} "
         "value equals the reference answer mathematically, from 0 to 1.",
         score,
     )
@@ -119,7 +119,7 @@ def _reward_model(term: RewardTerm, response_format: str) -> Reward:
 
     from rewards.reward_model import RewardModelWorker
 
-    worker = RewardModelWorker.options(num_cpus=term.num_cpus, max_restarts=1).remote(
+    worker = RewardModelWorker.options(num_cpus=term.num_cpus, num_gpus=term.num_gpus, max_restarts=1).remote(
         term.model, batch_size=term.batch_size, max_length=term.max_length
     )
     try:
@@ -129,7 +129,8 @@ def _reward_model(term: RewardTerm, response_format: str) -> Reward:
         ray.kill(worker)
         raise RuntimeError(
             f"reward model actor for {term.model} did not start within {REWARD_MODEL_START_TIMEOUT_S:.0f} s: "
-            f"the cluster cannot place num_cpus={term.num_cpus} (available: {ray.available_resources()})"
+            f"the cluster cannot place num_cpus={term.num_cpus}, num_gpus={term.num_gpus} "
+            f"(available: {ray.available_resources()})"
         ) from None
 
     def score(samples: Sequence[RewardSample]) -> RewardScores:
@@ -140,7 +141,7 @@ def _reward_model(term: RewardTerm, response_format: str) -> Reward:
 
     return Reward(
         "reward_model", term.weight,
-        term.description or "A learned reward model's score of the final answer for the question, judged "
+        term.description or "a learned reward model's score of the final answer for the question, judged "
         "without the reasoning; higher is better.",
         score, close=lambda: ray.kill(worker),
     )

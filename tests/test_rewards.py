@@ -29,6 +29,10 @@ def test_last_balanced_boxed_wins():
     assert extract_answer("\\boxed{2} and a broken \\boxed{3") == "2"
     assert extract_answer("\\fbox{ 12 }") == "12"
     assert extract_answer("So the answer is 1,234.") == "1,234"
+    assert extract_answer("Final Answer: The final answer is 12. I hope it is correct.") == "12"
+    assert extract_answer("**Answer:** 3.5") == "3.5"
+    assert extract_answer("She has 7 left.\n#### 7") == "7"
+    assert extract_answer("the answer is: $\\frac{1}{2}$.") == "\\frac{1}{2}"
     assert extract_answer("no answer here") is None
 
 
