@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rewards.bounded import BoundedPool, process_wide
-from rewards.format import FORMATS, strip_thinking
+from rewards.format import FORMATS
 from rewards.motif import future_accuracies
 
 log = logging.getLogger(__name__)
@@ -135,8 +135,8 @@ def _reward_model(term: RewardTerm, response_format: str) -> Reward:
 
     def score(samples: Sequence[RewardSample]) -> RewardScores:
         questions = [s.question for s in samples for _ in s.finals]
-        answers = [strip_thinking(f) for s in samples for f in s.finals]
-        values = ray.get(worker.score.remote(questions, answers), timeout=term.timeout_s or REWARD_MODEL_TIMEOUT_S)
+        finals = [f for s in samples for f in s.finals]
+        values = ray.get(worker.score.remote(questions, finals), timeout=term.timeout_s or REWARD_MODEL_TIMEOUT_S)
         return RewardScores(_mean_over_finals(samples, values))
 
     return Reward(

@@ -1,5 +1,5 @@
 """A preference reward model (RLMT) as a Ray actor: a transformers sequence-classification model with one
-output that scores (prompt, answer) pairs in batches. Callers strip the thinking first
+output that scores (prompt, response) pairs in batches, after removing the response's thinking
 (`rewards.format.strip_thinking`), so the model judges only the answer.
 """
 
@@ -8,6 +8,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import ray
+
+from rewards.format import strip_thinking
 
 
 class RewardModelScorer:
@@ -40,13 +42,13 @@ class RewardModelScorer:
             )
         return f"{prompt}\n\n{answer}"
 
-    def score(self, prompts: Sequence[str], answers: Sequence[str]) -> list[float]:
-        """One scalar per (prompt, answer); higher is preferred."""
+    def score(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
+        """One scalar per (prompt, response), judged on the response without its thinking; higher is preferred."""
         import torch
 
-        if len(prompts) != len(answers):
-            raise ValueError(f"{len(prompts)} prompts but {len(answers)} answers")
-        texts = [self.render(p, a) for p, a in zip(prompts, answers)]
+        if len(prompts) != len(responses):
+            raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+        texts = [self.render(p, strip_thinking(r)) for p, r in zip(prompts, responses)]
         scores: list[float] = []
         with torch.inference_mode():
             for i in range(0, len(texts), self.batch_size):

@@ -85,6 +85,18 @@ def test_batched_scores_equal_one_at_a_time(ray_session, trained_reward_model):
     batched = ray_session.get(actor.score.remote(questions, answers))
     single = [ray_session.get(actor.score.remote([q], [a]))[0] for q, a in zip(questions, answers)]
     assert batched == pytest.approx(single, abs=1e-5)
+    thinking = ray_session.get(actor.score.remote([questions[0]], ["<reasoning>The answer is 7.</reasoning><answer>cat</answer>"]))
+    assert thinking == pytest.approx(ray_session.get(actor.score.remote([questions[0]], ["cat"])), abs=1e-5)
+    ray_session.kill(actor)
+
+
+def test_over_long_pairs_are_cut_from_the_front_and_still_scored(ray_session, trained_reward_model):
+    from rewards.reward_model import RewardModelWorker
+
+    actor = RewardModelWorker.remote(trained_reward_model, max_length=24)
+    long_question = "How many apples are left? " * 200
+    good, bad = ray_session.get(actor.score.remote([long_question] * 2, ["The answer is 7.", "cat dog tree"]))
+    assert good > bad  # the end of the pair, where the score is read, survives truncation
     ray_session.kill(actor)
 
 
