@@ -68,14 +68,16 @@ def gsm8k_gold(answer_field: str) -> str:
 
 _NUMBER = re.compile(r"^[-+]?(\d+(\.\d*)?|\.\d+)$")
 _THOUSANDS = re.compile(r"^[-+]?\d{1,3}(,\d{3})+(\.\d*)?$")
+_BOLD = re.compile(r"\\(?:mathbf|textbf|boldsymbol)\{([^{}]*)\}")
 _TEXT_UNITS = re.compile(r"\\(?:text|mbox|mathrm)\{[^{}]*\}")
-_WRAPPERS = [("\\left", ""), ("\\right", ""), ("\\!", ""), ("\\,", ""), ("\\ ", ""), ("\\dfrac", "\\frac"), ("\\tfrac", "\\frac")]
+_WRAPPERS = [("\\displaystyle", ""), ("\\left", ""), ("\\right", ""), ("\\!", ""), ("\\,", ""), ("\\ ", ""), ("\\dfrac", "\\frac"), ("\\tfrac", "\\frac")]
 
 
 def _strip_decorations(text: str) -> str:
     text = text.strip().strip("$").strip()
     for old, new in _WRAPPERS:
         text = text.replace(old, new)
+    text = _BOLD.sub(r"\1", text)
     text = _TEXT_UNITS.sub("", text)  # units in \text{}: "5 \text{ cm}" -> "5"
     text = text.replace("^\\circ", "").replace("^{\\circ}", "").replace("\\%", "").replace("%", "")
     text = text.replace("\\$", "").replace("$", "")
@@ -96,12 +98,12 @@ _ASSIGNMENT = re.compile(r"^\s*[a-zA-Z](?:_\{?\w+\}?)?\s*=\s*(?=\S)")
 _CHOICE = re.compile(r"^\(?([A-Ea-e])\)?$")
 
 
-_TEXT_WRAPPER = re.compile(r"\\(?:text|textbf|mbox|mathrm)\{([^{}]*)\}")
+_TEXT_WRAPPER = re.compile(r"\\(?:text|textbf|mbox|mathrm|mathbf|boldsymbol)\{([^{}]*)\}")
 
 
 def _unwrap_text(text: str) -> str:
     """`\\text{Evelyn}` -> `Evelyn`: keeps the words of text answers."""
-    return _TEXT_WRAPPER.sub(r"\1", text.strip().strip("$")).strip()
+    return _TEXT_WRAPPER.sub(r"\1", text.replace("\\displaystyle", "").strip().strip("$")).strip()
 
 
 def _choice_letter(text: str) -> str | None:

@@ -59,6 +59,15 @@ def test_last_balanced_boxed_wins():
     ("\\boxed{C}", "B", False),
     ("\\boxed{\\text{Bob}}", "\\text{Evelyn}", False),
     ("\\boxed{q - p}", "p - q", False),
+    ("\\boxed{\\mathbf{025}}", "25", True),
+    ("\\[\\boxed{\\displaystyle \\text{(C)}}\\]", "\\text{(C)}", True),
+    ("\\boxed{50\\%}", "50", True),
+    ("\\boxed{0.5}", "50\\%", False),
+    ("\\boxed{[0, 1)}", "[0,1)", True),
+    ("\\boxed{(0,1)}", "[0,1)", False),
+    ("\\boxed{2\\sqrt{3}}", "\\sqrt{12}", True),
+    ("Final Answer: The final answer is 12. I hope it is correct.", "12", True),
+    ("She has 7 left.\n#### 7", "7", True),
 ])
 def test_grade(response, gold, want):
     assert grade(response, gold) is want
