@@ -8,6 +8,15 @@ from collections.abc import Sequence
 from rewards.grading import grade_batch
 
 
+def mean_per_group(flat_values: Sequence[float], groups: Sequence[Sequence]) -> list[float]:
+    """Means of `flat_values` taken in consecutive runs of len(group) for each group (the k finals of a sample)."""
+    means, i = [], 0
+    for group in groups:
+        means.append(sum(flat_values[i : i + len(group)]) / len(group))
+        i += len(group)
+    return means
+
+
 def future_accuracies(finals: Sequence[Sequence[str]], golds: Sequence[str]) -> tuple[list[float], Counter]:
     """Per round-1 sample, the mean correctness of its k final-round responses (graded in one batch),
     and the count of grading outcomes by reason."""
@@ -15,11 +24,7 @@ def future_accuracies(finals: Sequence[Sequence[str]], golds: Sequence[str]) -> 
         raise ValueError("every round-1 sample needs at least one final response")
     flat = [(text, gold) for texts, gold in zip(finals, golds) for text in texts]
     results = grade_batch([t for t, _ in flat], [g for _, g in flat])
-    accuracies, i = [], 0
-    for texts in finals:
-        accuracies.append(sum(r.correct for r in results[i : i + len(texts)]) / len(texts))
-        i += len(texts)
-    return accuracies, Counter(r.reason for r in results)
+    return mean_per_group([float(r.correct) for r in results], finals), Counter(r.reason for r in results)
 
 
 def future_accuracy(final_responses: Sequence[str], gold: str) -> float:

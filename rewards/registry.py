@@ -20,7 +20,7 @@ from pathlib import Path
 
 from rewards.bounded import BoundedPool, process_wide
 from rewards.format import FORMATS
-from rewards.motif import future_accuracies
+from rewards.motif import future_accuracies, mean_per_group
 
 log = logging.getLogger(__name__)
 
@@ -90,14 +90,6 @@ def _format(term: RewardTerm, response_format: str) -> Reward:
     )
 
 
-def _mean_over_finals(samples: Sequence[RewardSample], flat_values: Sequence[float]) -> list[float]:
-    means, i = [], 0
-    for s in samples:
-        means.append(sum(flat_values[i : i + len(s.finals)]) / len(s.finals))
-        i += len(s.finals)
-    return means
-
-
 @register_reward("accuracy")
 def _accuracy(term: RewardTerm, response_format: str) -> Reward:
     def score(samples: Sequence[RewardSample]) -> RewardScores:
@@ -137,7 +129,7 @@ def _reward_model(term: RewardTerm, response_format: str) -> Reward:
         questions = [s.question for s in samples for _ in s.finals]
         finals = [f for s in samples for f in s.finals]
         values = ray.get(worker.score.remote(questions, finals), timeout=term.timeout_s or REWARD_MODEL_TIMEOUT_S)
-        return RewardScores(_mean_over_finals(samples, values))
+        return RewardScores(mean_per_group(values, [s.finals for s in samples]))
 
     return Reward(
         "reward_model", term.weight,
