@@ -10,6 +10,7 @@ from pathlib import Path
 
 import yaml
 
+from cluster.toy_task import ToyConfig
 from learner.config import LearnerConfig
 from rewards.registry import RewardTerm, check_terms
 
@@ -19,23 +20,44 @@ class ConfigError(ValueError):
 
 
 @dataclass
+class WarmStartConfig:
+    """`model.path: toy-warm-start`: the tiny model SFT'd on imperfect toy-task traces (data.toy), built on
+    first use and cached under `dir` by these settings."""
+
+    dir: str = "runs/warm-start"
+    problems: int = 2000  # train problems, each solved once per entry of `rounds`
+    rounds: list[int] = field(default_factory=lambda: [1, 3])  # protocols to imitate: 1 = single round
+    error_rate: float = 0.15  # chance that a written step is wrong: leaves room for RL
+    steps: int = 800
+    batch_size: int = 32
+    learning_rate: float = 3.0e-3
+    seed: int = 0
+
+
+@dataclass
 class ModelConfig:
-    # A hub id or local folder loaded with from_pretrained; "tiny" builds the offline tiny Qwen2 model.
+    # A hub id or local folder loaded with from_pretrained; "tiny" builds the offline tiny Qwen2 model;
+    # "toy-warm-start" builds (once) the tiny model SFT'd on the toy task.
     path: str = "tiny"
     tiny_model_dir: str = "runs/tiny-model"
+    warm_start: WarmStartConfig = field(default_factory=WarmStartConfig)
 
 
 @dataclass
 class DataConfig:
-    # A local .jsonl file, or a hub dataset id (with `subset` and `split`) for machines that reach a hub.
-    path: str = "../shared/data/gsm8k/train.jsonl"
+    # A shipped dataset by name (gsm8k, math500, aime24, toy: see cluster/data.py), a local .jsonl file,
+    # or a hub dataset id (with `subset`) for machines that reach a hub.
+    path: str = "gsm8k"
     subset: str | None = None
     split: str = "train"
-    question_field: str = "question"
-    answer_field: str = "answer"
-    gold_format: str = "gsm8k"  # "gsm8k": the text after '####'; "plain": the field as is
-    limit: int | None = None
+    question_field: str | None = None  # None: the named dataset's field, else "question"
+    answer_field: str | None = None  # None: the named dataset's field, else "answer"
+    # "gsm8k": the text after '####'; "plain": the field as is; None: the named dataset's, else the text
+    # after '####' when there is one
+    gold_format: str | None = None
+    limit: int | None = None  # the toy task generates this many problems (default 1000)
     shuffle_seed: int = 0
+    toy: ToyConfig = field(default_factory=ToyConfig)
 
 
 @dataclass
@@ -46,7 +68,8 @@ class RolloutConfig:
     rounds: int = 2  # R
     temperature: float = 1.0
     continuation_temperature: float = 0.8
-    top_p: float = 1.0
+    top_p: float = 1.0  # round 1 must sample the full distribution the learner scores: only 1 is accepted
+    continuation_top_p: float = 1.0
     max_tokens: int = 64  # per round
     continuation_policy: str = "current"
     max_model_len: int = 1024
@@ -76,6 +99,22 @@ class ClusterConfig:
 
 
 @dataclass
+class EvalConfig:
+    every: int = 0  # during training: evaluate at step 0, every `every` steps and at the end; 0: never
+    path: str | None = None  # dataset (None: data.path); fields and the toy settings come from `data`
+    split: str = "test"
+    limit: int | None = 64  # questions
+    rounds: int | None = None  # R (None: rollout.rounds)
+    max_tokens: int | None = None  # per round (None: rollout.max_tokens)
+    temperature: float = 1.0  # 0: greedy
+    top_p: float = 1.0
+    n: int = 4  # samples per question
+    seed: int = 0
+    adapter: str | None = None  # `motif eval`: a PEFT adapter folder to evaluate the model with
+    output_dir: str | None = None  # `motif eval`: where samples.jsonl and summary.json go (None: <output_dir>/eval)
+
+
+@dataclass
 class RunConfig:
     steps: int = 4
     output_dir: str = "runs/demo"
@@ -85,11 +124,22 @@ class RunConfig:
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     def validate(self) -> None:
-        r = self.rollout
+        r, e = self.rollout, self.eval
         if self.steps < 1:
             raise ConfigError(f"steps must be >= 1, got {self.steps}")
+        for name in ("temperature", "continuation_temperature"):
+            if not getattr(r, name) > 0:
+                raise ConfigError(f"rollout.{name} must be > 0 (the learner divides logits by it), got {getattr(r, name)}")
+        if r.top_p != 1:
+            raise ConfigError(f"rollout.top_p must be 1, got {r.top_p}: the learner's logprobs are of the full "
+                              "distribution, so round-1 samples must come from it (continuation_top_p may be lower)")
+        if not 0 < r.continuation_top_p <= 1 or not 0 < e.top_p <= 1:
+            raise ConfigError("rollout.continuation_top_p and eval.top_p must be in (0, 1]")
+        if e.temperature < 0 or e.n < 1 or e.every < 0 or (e.rounds is not None and e.rounds < 1):
+            raise ConfigError("eval: temperature must be >= 0, n and rounds >= 1, every >= 0")
         for name in ("prompts_per_step", "samples_per_prompt", "continuations", "rounds", "max_tokens"):
             if getattr(r, name) < 1:
                 raise ConfigError(f"rollout.{name} must be >= 1, got {getattr(r, name)}")
@@ -99,7 +149,7 @@ class RunConfig:
             raise ConfigError(f"rollout.continuation_policy must be 'current' or 'frozen_base', got {r.continuation_policy!r}")
         if r.max_tokens >= r.max_model_len:
             raise ConfigError(f"rollout.max_tokens ({r.max_tokens}) must be below rollout.max_model_len ({r.max_model_len})")
-        if self.data.gold_format not in ("gsm8k", "plain"):
+        if self.data.gold_format not in (None, "gsm8k", "plain"):
             raise ConfigError(f"data.gold_format must be 'gsm8k' or 'plain', got {self.data.gold_format!r}")
         try:
             check_terms(self.reward.components)
@@ -107,6 +157,47 @@ class RunConfig:
             raise ConfigError(str(e)) from e
         if self.learner.lora_rank > 256:
             raise ConfigError("learner.lora_rank above 256 is not supported by vLLM's LoRA kernels")
+        if self.learner.finetune != "lora":
+            raise ConfigError("learner.finetune must be lora for training: vLLM is updated by pushing adapters "
+                              "(full-parameter training is for `motif sft`)")
+        try:
+            self.learner.validate()
+        except ValueError as e:
+            raise ConfigError(str(e)) from e
+
+
+def _sft_learner() -> LearnerConfig:
+    return LearnerConfig(finetune="full", learning_rate=1e-4, mini_batch_size=32, micro_batch_size=32)
+
+
+@dataclass
+class SFTDataConfig:
+    # JSONL rows {"prompt": [chat messages] or a user message, "response": text}
+    path: str = ""
+    prompt_field: str = "prompt"
+    response_field: str = "response"
+    limit: int | None = None
+
+
+@dataclass
+class SFTRunConfig:
+    """`motif sft`: supervised fine-tuning through the same DeepSpeed learner that GRPO uses."""
+
+    output_dir: str = "runs/sft"  # the model folder goes to <output_dir>/model
+    epochs: int = 1
+    steps: int | None = None  # optimizer steps; None: `epochs` passes over the data
+    max_length: int = 1024  # prompt + response tokens; longer rows are skipped and counted
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: SFTDataConfig = field(default_factory=SFTDataConfig)
+    # SFT decays the learning rate linearly to 0 over the run unless learner.decay_steps is set.
+    learner: LearnerConfig = field(default_factory=_sft_learner)
+
+    def validate(self) -> None:
+        if not self.data.path:
+            raise ConfigError("data.path: give the SFT JSONL file")
+        if self.epochs < 1 or (self.steps is not None and self.steps < 1) or self.max_length < 2:
+            raise ConfigError("epochs and steps must be >= 1, max_length >= 2")
         try:
             self.learner.validate()
         except ValueError as e:
@@ -190,7 +281,8 @@ def apply_override(raw: dict, override: str) -> None:
     node[leaf] = yaml.safe_load(text)
 
 
-def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
+def load_config(path: str | Path | None, overrides: list[str] = (), kind: type = RunConfig):
+    """A validated `kind` (RunConfig, SFTRunConfig) from a YAML file and `a.b=value` overrides."""
     raw: dict = {}
     if path is not None:
         try:
@@ -201,7 +293,7 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig
             raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
     for override in overrides:
         apply_override(raw, override)
-    config = _build(RunConfig, raw, "")
+    config = _build(kind, raw, "")
     config.validate()
     return config
 

@@ -1,4 +1,5 @@
-"""Training problems from a JSONL file or a hub dataset, with malformed rows skipped and reported."""
+"""Problems from a shipped dataset, the toy task, a JSONL file or a hub dataset; malformed rows are skipped
+and reported."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cluster.config import DataConfig
+from cluster.toy_task import toy_problems
 from rewards.math_answers import gsm8k_gold
 
 
@@ -37,30 +39,88 @@ class LoadReport:
         return text
 
 
+@dataclass(frozen=True)
+class NamedDataset:
+    splits: tuple[str, ...]
+    question_field: str
+    answer_field: str
+    gold_format: str
+
+
+SHIPPED = Path(__file__).parent / "datasets"  # copies with their sources and sha256: datasets/README.md
+NAMED_DATASETS = {
+    "gsm8k": NamedDataset(("train", "test"), "question", "answer", "gsm8k"),
+    "math500": NamedDataset(("test",), "problem", "answer", "plain"),
+    "aime24": NamedDataset(("test",), "problem", "answer", "plain"),
+}
+TOY = "toy"  # the synthetic task of cluster/toy_task.py
+TOY_DEFAULT_COUNT = 1000
+
+
+def resolve_fields(config: DataConfig) -> tuple[str, str, str | None]:
+    """(question field, answer field, gold format) with the named dataset's presets filling what is unset."""
+    named = NAMED_DATASETS.get(config.path)
+    return (
+        config.question_field or (named.question_field if named else "question"),
+        config.answer_field or (named.answer_field if named else "answer"),
+        config.gold_format or (named.gold_format if named else None),
+    )
+
+
+def _source_file(config: DataConfig) -> Path | None:
+    named = NAMED_DATASETS.get(config.path)
+    if named is not None:
+        if config.split not in named.splits:
+            raise ValueError(f"dataset {config.path} has splits {', '.join(named.splits)}, not {config.split!r}")
+        return SHIPPED / config.path / f"{config.split}.jsonl"
+    if Path(config.path).suffix in (".jsonl", ".json") or Path(config.path).is_file():
+        if not Path(config.path).is_file():
+            raise FileNotFoundError(f"data.path {config.path} does not exist")
+        return Path(config.path)
+    return None
+
+
+def jsonl_rows(path: str | Path):
+    """(row index, dict or parse-error string) for each non-blank line of a JSONL file, in order."""
+    import datasets
+
+    # The text builder never fails on a bad line, so one malformed row costs one row, not the run; each
+    # line is then parsed here to name the bad ones.
+    lines = datasets.load_dataset("text", data_files=str(path), split="train")
+    for i, line in enumerate(lines["text"]):
+        if not line.strip():
+            continue
+        try:
+            yield i, json.loads(line)
+        except json.JSONDecodeError as e:
+            yield i, f"invalid JSON ({e.msg})"
+
+
 def _raw_rows(config: DataConfig):
     """(row index, dict or parse-error string) for each row, in source order."""
     import datasets
 
-    if Path(config.path).suffix in (".jsonl", ".json") or Path(config.path).is_file():
-        if not Path(config.path).is_file():
-            raise FileNotFoundError(f"data.path {config.path} does not exist")
-        # The text builder never fails on a bad line, so one malformed row costs one row, not the run;
-        # each line is then parsed here to name the bad ones.
-        lines = datasets.load_dataset("text", data_files=config.path, split="train")
-        for i, line in enumerate(lines["text"]):
-            if not line.strip():
-                continue
-            try:
-                yield i, json.loads(line)
-            except json.JSONDecodeError as e:
-                yield i, f"invalid JSON ({e.msg})"
+    source = _source_file(config)
+    if source is not None:
+        yield from jsonl_rows(source)
     else:
         for i, row in enumerate(datasets.load_dataset(config.path, config.subset, split=config.split)):
             yield i, row
 
 
+def _gold(answer: str, gold_format: str | None) -> str:
+    if gold_format == "gsm8k" or (gold_format is None and "####" in answer):
+        return gsm8k_gold(answer)
+    return answer.strip()
+
+
 def load_problems(config: DataConfig) -> tuple[list[Problem], LoadReport]:
     report = LoadReport()
+    if config.path == TOY:
+        toy = toy_problems(config.toy, config.split, config.limit or TOY_DEFAULT_COUNT)
+        report.loaded = len(toy)
+        return [Problem(p.question, p.answer, i) for i, p in enumerate(toy)], report
+    question_field, answer_field, gold_format = resolve_fields(config)
     problems: list[Problem] = []
     for i, row in _raw_rows(config):
         if config.limit is not None and len(problems) >= config.limit:
@@ -71,15 +131,15 @@ def load_problems(config: DataConfig) -> tuple[list[Problem], LoadReport]:
         if not isinstance(row, dict):
             report.skip(i, "row is not a JSON object")
             continue
-        question, answer = row.get(config.question_field), row.get(config.answer_field)
+        question, answer = row.get(question_field), row.get(answer_field)
         if not isinstance(question, str) or not question.strip():
-            report.skip(i, f"missing or empty '{config.question_field}'")
+            report.skip(i, f"missing or empty '{question_field}'")
             continue
         if not isinstance(answer, (str, int, float)) or isinstance(answer, bool):
-            report.skip(i, f"missing '{config.answer_field}'")
+            report.skip(i, f"missing '{answer_field}'")
             continue
         try:
-            gold = gsm8k_gold(str(answer)) if config.gold_format == "gsm8k" else str(answer).strip()
+            gold = _gold(str(answer), gold_format)
         except ValueError:
             report.skip(i, "answer has no '####' final answer")
             continue

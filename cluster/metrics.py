@@ -23,13 +23,16 @@ CONSOLE_FIELDS = [
 
 
 class MetricsLog:
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, echo: bool = True):
         self.path = run_dir / "metrics.jsonl"
         self._file = self.path.open("a")
+        self.echo = echo  # print a console line per step
 
     def log(self, step: int, metrics: dict) -> None:
         self._file.write(json.dumps({"step": step, **metrics}) + "\n")
         self._file.flush()
+        if not self.echo:
+            return
         parts = [f"step {step}"]
         for key, label, fmt in CONSOLE_FIELDS:
             if key in metrics:

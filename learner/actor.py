@@ -14,13 +14,21 @@ import torch
 from learner.config import LearnerConfig
 from learner.losses import POLICY_LOSSES, k3_kl
 from learner.policy import load_policy, pad_batch, token_logprobs
-from learner.records import TrainSample
+from learner.records import SFTSample, TrainSample
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _lr_scheduler(config: LearnerConfig) -> dict:
+    if not config.decay_steps:
+        return {}
+    return {"scheduler": {"type": "WarmupDecayLR", "params": {
+        "total_num_steps": config.decay_steps, "warmup_num_steps": config.warmup_steps, "warmup_type": "linear",
+        "warmup_min_lr": 0.0, "warmup_max_lr": config.learning_rate}}}
 
 
 def deepspeed_config(config: LearnerConfig, bf16: bool) -> dict:
@@ -39,11 +47,28 @@ def deepspeed_config(config: LearnerConfig, bf16: bool) -> dict:
         },
         "steps_per_print": 1 << 30,
         "wall_clock_breakdown": False,
+        **_lr_scheduler(config),
     }
 
 
+def replace_directory(target: Path, write) -> Path:
+    """Write a folder through `write(staging_path)`, then swap it in for `target`: a reader never sees a half
+    folder, and an old `target` is only deleted once the new one is in place."""
+    staging = target.with_name(target.name + ".partial")
+    retired = target.with_name(target.name + ".old")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.rmtree(retired, ignore_errors=True)
+    write(staging)
+    if target.exists():
+        target.rename(retired)
+    staging.rename(target)
+    shutil.rmtree(retired, ignore_errors=True)
+    return target
+
+
 class GRPOLearner:
-    """GRPO on a LoRA policy in a DeepSpeed engine; the reference policy is the same model, adapter off."""
+    """The one training stack: GRPO (LoRA; the reference policy is the same model, adapter off) and SFT (LoRA or
+    full) steps in a DeepSpeed engine, and the exports that vLLM loads."""
 
     def __init__(self, model_path: str, config: LearnerConfig, *, temperature: float = 1.0, num_threads: int | None = None):
         import importlib
@@ -54,7 +79,7 @@ class GRPOLearner:
         ds_torch_comm = importlib.import_module("deepspeed.comm.torch")
 
         config.validate()
-        self.config, self.temperature = config, temperature
+        self.config, self.temperature, self.model_path = config, temperature, model_path
         if num_threads:
             torch.set_num_threads(num_threads)
         torch.manual_seed(config.seed)
@@ -93,9 +118,38 @@ class GRPOLearner:
         with self.engine.module.disable_adapter():
             return token_logprobs(self.engine.module, ids, attention, self.temperature), mask
 
-    def _micro_batches(self, samples: Sequence[TrainSample]):
+    def _micro_batches(self, samples: Sequence):
         size = self.config.micro_batch_size
         return [list(samples[i : i + size]) for i in range(0, len(samples), size)]
+
+    def _update(self, mini: Sequence, micro_loss) -> tuple[dict[str, float], float | None]:
+        """One optimizer step on a mini-batch, accumulated over its micro-batches.
+
+        `micro_loss(micro, logprobs, mask)` gives per-token losses and extra per-token statistics; the loss is
+        a token mean over the whole mini-batch, however it is split. Returns the statistics' token sums and
+        the pre-clip gradient norm.
+        """
+        mini_tokens = max(sum(len(s.completion_ids) for s in mini), 1)
+        micros = self._micro_batches(mini)
+        sums: dict[str, float] = {"loss": 0.0, "tokens": 0.0}
+        grad_norm = None
+        for i, micro in enumerate(micros):
+            logprobs, mask = self._logprobs(micro)
+            per_token, stats = micro_loss(micro, logprobs, mask)
+            loss = (per_token * mask).sum() / mini_tokens
+            boundary = i == len(micros) - 1
+            self.engine.set_gradient_accumulation_boundary(boundary)
+            self.engine.backward(loss, scale_wrt_gas=False)
+            if boundary and self._plain_fp32:
+                grad_norm = self._local_grad_norm()
+            self.engine.step()
+            sums["loss"] += float(loss.detach()) * mini_tokens
+            sums["tokens"] += float(mask.sum())
+            for key, value in stats.items():
+                sums[key] = sums.get(key, 0.0) + float((value.detach() * mask).sum())
+        if not self._plain_fp32 and self.engine.get_global_grad_norm() is not None:
+            grad_norm = float(self.engine.get_global_grad_norm())
+        return sums, grad_norm
 
     def train_step(self, samples: Sequence[TrainSample]) -> dict[str, float]:
         """One GRPO update pass over the batch: len(samples)/mini_batch_size optimizer steps."""
@@ -103,62 +157,69 @@ class GRPOLearner:
             raise ValueError("train_step got an empty batch")
         cfg = self.config
         self.engine.train()
+        micros = self._micro_batches(samples)
         with torch.no_grad():
-            old = [self._logprobs(mb)[0] for mb in self._micro_batches(samples)]
-            ref = [self._logprobs(mb, with_adapter=False)[0] for mb in self._micro_batches(samples)]
+            old = iter([self._logprobs(mb)[0] for mb in micros])
+            # The reference pass only feeds the KL term.
+            ref = iter([self._logprobs(mb, with_adapter=False)[0] if cfg.kl_coef else None for mb in micros])
         policy_loss = POLICY_LOSSES[cfg.policy_loss]
-        totals = {"loss": 0.0, "kl": 0.0, "clip_frac": 0.0, "tokens": 0.0}
+
+        def grpo_loss(micro, logprobs, mask):
+            old_lp, ref_lp = next(old), next(ref)
+            adv = torch.tensor([s.advantage for s in micro], dtype=torch.float32, device=self.device)[:, None]
+            per_token, clipped = policy_loss(logprobs, old_lp, adv, clip_low=cfg.clip_low, clip_high=cfg.clip_high)
+            kl = k3_kl(logprobs, ref_lp) if ref_lp is not None else torch.zeros_like(logprobs)
+            return per_token + cfg.kl_coef * kl, {"kl": kl, "clip_frac": clipped}
+
+        return self._run_mini_batches(samples, grpo_loss)
+
+    def sft_step(self, samples: Sequence[SFTSample]) -> dict[str, float]:
+        """Supervised steps on (prompt, response) pairs: token-mean NLL of the response tokens, one optimizer
+        step per mini-batch."""
+        if not samples:
+            raise ValueError("sft_step got an empty batch")
+        self.engine.train()
+        return self._run_mini_batches(samples, lambda micro, logprobs, mask: (-logprobs, {}))
+
+    def _run_mini_batches(self, samples: Sequence, micro_loss) -> dict[str, float]:
+        totals: dict[str, float] = {}
         grad_norms = []
-        micro_index = 0
-        for start in range(0, len(samples), cfg.mini_batch_size):
-            mini = samples[start : start + cfg.mini_batch_size]
-            mini_tokens = sum(len(s.completion_ids) for s in mini)
-            micros = self._micro_batches(mini)
-            for i, micro in enumerate(micros):
-                logprobs, mask = self._logprobs(micro)
-                old_lp, ref_lp = old[micro_index], ref[micro_index]
-                micro_index += 1
-                adv = torch.tensor([s.advantage for s in micro], dtype=torch.float32, device=self.device)[:, None]
-                per_token, clipped = policy_loss(
-                    logprobs, old_lp, adv, clip_low=cfg.clip_low, clip_high=cfg.clip_high
-                )
-                kl = k3_kl(logprobs, ref_lp)
-                per_token = per_token + cfg.kl_coef * kl
-                # Token-mean over the whole mini-batch, however it is split into micro-batches.
-                loss = (per_token * mask).sum() / max(mini_tokens, 1)
-                boundary = i == len(micros) - 1
-                self.engine.set_gradient_accumulation_boundary(boundary)
-                self.engine.backward(loss, scale_wrt_gas=False)
-                if boundary and self._plain_fp32:
-                    grad_norms.append(self._local_grad_norm())
-                self.engine.step()
-                n_tok = float(mask.sum())
-                totals["loss"] += float(loss.detach()) * max(mini_tokens, 1)
-                totals["kl"] += float((kl.detach() * mask).sum())
-                totals["clip_frac"] += float((clipped * mask).sum())
-                totals["tokens"] += n_tok
-            if not self._plain_fp32 and self.engine.get_global_grad_norm() is not None:
-                grad_norms.append(float(self.engine.get_global_grad_norm()))
-        tokens = max(totals["tokens"], 1.0)
+        starts = range(0, len(samples), self.config.mini_batch_size)
+        for start in starts:
+            sums, grad_norm = self._update(samples[start : start + self.config.mini_batch_size], micro_loss)
+            for key, value in sums.items():
+                totals[key] = totals.get(key, 0.0) + value
+            if grad_norm is not None:
+                grad_norms.append(grad_norm)
+        tokens = max(totals.pop("tokens"), 1.0)
         return {
-            "loss": totals["loss"] / tokens,
-            "kl": totals["kl"] / tokens,
-            "clip_frac": totals["clip_frac"] / tokens,
+            **{key: value / tokens for key, value in totals.items()},
             "grad_norm": max(grad_norms) if grad_norms else 0.0,
-            "train_tokens": totals["tokens"],
-            "optimizer_steps": float(len(range(0, len(samples), cfg.mini_batch_size))),
+            "train_tokens": tokens,
+            "optimizer_steps": float(len(starts)),
+            "learning_rate": float(self.engine.get_lr()[0]),
         }
 
     def export_adapter(self, path: str) -> str:
         """Write the adapter in PEFT format to `path`, atomically (a reader never sees a half adapter)."""
-        target = Path(path)
-        staging = target.with_name(target.name + ".partial")
-        shutil.rmtree(staging, ignore_errors=True)
-        self.engine.module.save_pretrained(str(staging))
-        if target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)
-        return str(target)
+        if self.config.finetune != "lora":
+            raise ValueError("export_adapter needs learner.finetune: lora; use export_model")
+        return str(replace_directory(Path(path), lambda p: self.engine.module.save_pretrained(str(p))))
+
+    def export_model(self, path: str) -> str:
+        """Write a full model folder (LoRA merged into the weights) with its tokenizer, loadable by
+        `from_pretrained` and by vLLM; atomically. Ends training: the adapter is merged in place."""
+        from transformers import AutoTokenizer
+
+        model = self.engine.module
+        if self.config.finetune == "lora":
+            model = model.merge_and_unload()
+
+        def write(staging: Path) -> None:
+            model.save_pretrained(str(staging))
+            AutoTokenizer.from_pretrained(self.model_path).save_pretrained(str(staging))
+
+        return str(replace_directory(Path(path), write))
 
 
 LearnerWorker = ray.remote(GRPOLearner)

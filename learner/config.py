@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 @dataclass
 class LearnerConfig:
+    finetune: str = "lora"  # "lora": train a PEFT LoRA adapter; "full": every weight (SFT only)
     lora_rank: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.0
@@ -14,6 +15,9 @@ class LearnerConfig:
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     )
     learning_rate: float = 1e-5
+    # Linear warm-up over warmup_steps, then linear decay to 0 at decay_steps optimizer steps; 0: constant.
+    warmup_steps: int = 0
+    decay_steps: int = 0
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     zero_stage: int = 0
@@ -31,6 +35,10 @@ class LearnerConfig:
     def validate(self) -> None:
         from learner.losses import ADVANTAGE_ESTIMATORS, POLICY_LOSSES
 
+        if self.finetune not in ("lora", "full"):
+            raise ValueError(f"learner.finetune must be 'lora' or 'full', got {self.finetune!r}")
+        if self.warmup_steps < 0 or self.decay_steps < 0 or (self.decay_steps and self.decay_steps <= self.warmup_steps):
+            raise ValueError("learner.warmup_steps and learner.decay_steps must be >= 0, decay_steps above warmup_steps")
         if self.lora_rank < 1:
             raise ValueError(f"learner.lora_rank must be >= 1, got {self.lora_rank}")
         if self.zero_stage not in (0, 1, 2):

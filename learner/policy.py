@@ -11,7 +11,8 @@ from learner.records import TrainSample
 
 
 def load_policy(model_path: str, config: LearnerConfig, dtype: torch.dtype = torch.float32):
-    """Base model from `from_pretrained(model_path)` (hub id or local folder) with a fresh LoRA adapter.
+    """Base model from `from_pretrained(model_path)` (hub id or local folder) with a fresh LoRA adapter, or
+    the bare model when every weight is trained (`finetune: full`).
 
     LoRA's B matrices start at zero, so the untrained adapter reproduces the base model exactly.
     """
@@ -19,6 +20,8 @@ def load_policy(model_path: str, config: LearnerConfig, dtype: torch.dtype = tor
     from transformers import AutoModelForCausalLM
 
     base = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
+    if config.finetune == "full":
+        return base
     lora = LoraConfig(
         r=config.lora_rank,
         lora_alpha=config.lora_alpha,

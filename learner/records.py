@@ -12,3 +12,11 @@ class TrainSample:
     prompt_ids: list[int]
     completion_ids: list[int]
     advantage: float
+
+
+@dataclass(frozen=True)
+class SFTSample:
+    """A prompt and the response to imitate; the loss covers the response tokens only."""
+
+    prompt_ids: list[int]
+    completion_ids: list[int]

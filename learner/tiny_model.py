@@ -8,6 +8,7 @@ load a hub id.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
 
 CHAT_TEMPLATE = (
@@ -30,7 +31,9 @@ _CORPUS = [
 ]
 
 
-def build_tokenizer(vocab_size: int = 512):
+def build_tokenizer(vocab_size: int = 512, extra_corpus: Sequence[str] = ()):
+    """A byte-level BPE tokenizer whose merges come from a small built-in corpus plus `extra_corpus` (the
+    texts a task's prompts and answers are made of, so they take few tokens)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -43,7 +46,7 @@ def build_tokenizer(vocab_size: int = 512):
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(_CORPUS * 4, trainer=trainer)
+    tok.train_from_iterator(_CORPUS * 4 + list(extra_corpus), trainer=trainer)
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         eos_token="<|im_end|>",
@@ -82,7 +85,9 @@ def _save(model, tokenizer, path: str | Path) -> Path:
     return path
 
 
-def build_tiny_model(path: str | Path, seed: int = 0, hidden_size: int = 128, layers: int = 2) -> Path:
+def build_tiny_model(
+    path: str | Path, seed: int = 0, hidden_size: int = 128, layers: int = 2, extra_corpus: Sequence[str] = ()
+) -> Path:
     """Write a tiny Qwen2 model + tokenizer to `path` and return it.
 
     head_dim = hidden_size / 4 heads must be >= 32 for vLLM's CPU attention backend.
@@ -90,7 +95,7 @@ def build_tiny_model(path: str | Path, seed: int = 0, hidden_size: int = 128, la
     import torch
     from transformers import GenerationConfig, Qwen2ForCausalLM
 
-    tokenizer = build_tokenizer()
+    tokenizer = build_tokenizer(extra_corpus=extra_corpus)
     torch.manual_seed(seed)
     model = Qwen2ForCausalLM(_tiny_config(tokenizer, hidden_size, layers)).to(torch.float32)
     model.generation_config = GenerationConfig(

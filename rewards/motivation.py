@@ -11,11 +11,12 @@ from collections.abc import Sequence
 from rewards.registry import Reward
 
 
-def motivation_text(rewards: Sequence[Reward]) -> str:
+def motivation_text(rewards: Sequence[Reward], response_format: str | None = None) -> str:
+    """The rewards' descriptions as they apply to a response of `response_format` (None: the trained one)."""
     lines = ["Your response will be scored by the weighted sum of these rewards:"]
-    lines += [f"- {r.name} (weight {r.weight:g}): {r.description}" for r in rewards]
+    lines += [f"- {r.name} (weight {r.weight:g}): {r.description_for(response_format)}" for r in rewards]
     return "\n".join(lines)
 
 
-def motivated_system_prompt(system_prompt: str, rewards: Sequence[Reward]) -> str:
-    return f"{system_prompt}\n\n{motivation_text(rewards)}"
+def motivated_system_prompt(system_prompt: str, rewards: Sequence[Reward], response_format: str | None = None) -> str:
+    return f"{system_prompt}\n\n{motivation_text(rewards, response_format)}"

@@ -68,6 +68,14 @@ class Reward:
     description: str  # one sentence of what earns the reward; the motivation text is made of these
     score: Callable[[Sequence[RewardSample]], RewardScores]
     close: Callable[[], None] = lambda: None
+    # What earns the reward in a round whose response follows another format (MOTIF's last round answers
+    # instead of writing progress); None: `description` holds for every round.
+    describe_for: Callable[[str], str] | None = None
+
+    def description_for(self, response_format: str | None) -> str:
+        if response_format is None or self.describe_for is None:
+            return self.description
+        return self.describe_for(response_format)
 
 
 RewardFactory = Callable[[RewardTerm, str], Reward]
@@ -84,9 +92,13 @@ def register_reward(name: str) -> Callable[[RewardFactory], RewardFactory]:
 
 @register_reward("format")
 def _format(term: RewardTerm, response_format: str) -> Reward:
+    def describe(fmt: str) -> str:
+        return term.description or FORMATS[fmt].description
+
     return Reward(
-        "format", term.weight, term.description or FORMATS[response_format].description,
+        "format", term.weight, describe(response_format),
         lambda samples: RewardScores([FORMATS[s.response_format](s.response) for s in samples]),
+        describe_for=describe,
     )
 
 

@@ -10,6 +10,13 @@ from rollout.records import Completion, SamplingSpec
 PROMPT_TOO_LONG = "prompt_too_long"
 
 
+def chat_prompt_ids(tokenizer, messages: list[dict[str, str]]) -> list[int]:
+    """Token ids of a chat prompt ready for the assistant's turn: the one rendering that sampling and SFT
+    share, so what the model is trained on is what it is prompted with."""
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return tokenizer.encode(text, add_special_tokens=False)
+
+
 class VLLMEngine:
     """A vLLM engine that serves the base model or one pushed LoRA adapter version at a time."""
 
@@ -65,10 +72,6 @@ class VLLMEngine:
             engine.remove_lora(self._lora.lora_int_id)
         self._lora, self.adapter_version = request, version
 
-    def chat_prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
-        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        return self.tokenizer.encode(text, add_special_tokens=False)
-
     def generate(
         self,
         conversations: list[list[dict[str, str]]],
@@ -83,7 +86,7 @@ class VLLMEngine:
         """
         from vllm import SamplingParams, TokensPrompt
 
-        prompt_ids = [self.chat_prompt_ids(c) for c in conversations]
+        prompt_ids = [chat_prompt_ids(self.tokenizer, c) for c in conversations]
         runnable = [i for i, ids in enumerate(prompt_ids) if len(ids) < self.max_model_len]
         params = [
             SamplingParams(

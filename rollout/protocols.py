@@ -24,7 +24,9 @@ FINAL_FORMAT = (
     "Think inside <reasoning> </reasoning>, then give the final answer inside <answer> </answer> "
     "as \\boxed{...}."
 )
-MAX_PROGRESS_CHARS = 2000
+# Carried when a round wrote no <progress> block: its raw text would leak reasoning into the next round and
+# reward dropping the tag.
+MISSING_PROGRESS = "(the previous round recorded no progress)"
 
 
 def round_instruction(round_index: int, rounds: int) -> str:
@@ -43,10 +45,9 @@ def continuation_message(question: str, progress: str, round_index: int, rounds:
     )
 
 
-def carried_progress(text: str) -> str:
-    """What a round passes on: its <progress> block, or (when the tag is missing) its own text, bounded."""
-    progress = extract_progress(text)
-    return (progress if progress is not None else text.strip())[:MAX_PROGRESS_CHARS]
+def carried_progress(text: str) -> str | None:
+    """What a round passes on: its <progress> block, or None when it wrote none."""
+    return extract_progress(text)
 
 
 def conversation(user_message: str, system_prompt: str) -> list[dict[str, str]]:
@@ -66,7 +67,13 @@ class MotifSpec:
     first_round: SamplingSpec = SamplingSpec(temperature=1.0, max_tokens=128)
     continuation: SamplingSpec = SamplingSpec(temperature=0.8, max_tokens=128)
     continuation_policy: str = "current"  # "current" adapter or "frozen_base" model for rounds 2..R
-    system_prompt: str = SYSTEM_PROMPT
+    system_prompt: str = SYSTEM_PROMPT  # rounds before the last
+    final_system_prompt: str | None = None  # the last round (None: the same); motivation text differs by round
+
+    def system_prompt_for(self, round_index: int) -> str:
+        if round_index == self.rounds and self.final_system_prompt is not None:
+            return self.final_system_prompt
+        return self.system_prompt
 
     @property
     def response_format(self) -> str:
@@ -84,7 +91,7 @@ def motif_rollout(generate: Generate, questions: Sequence[str], spec: MotifSpec)
     m, k, rounds = spec.samples_per_prompt, spec.continuations, spec.rounds
     first_spec = SamplingSpec(**{**spec.first_round.__dict__, "n": m})
     first = generate(
-        [conversation(first_round_message(q, rounds), spec.system_prompt) for q in questions], first_spec, True
+        [conversation(first_round_message(q, rounds), spec.system_prompt_for(1)) for q in questions], first_spec, True
     )
     trajectories = [
         MotifTrajectory(prompt_index=b, first=sample) for b in range(len(questions)) for sample in first[b]
@@ -96,13 +103,15 @@ def motif_rollout(generate: Generate, questions: Sequence[str], spec: MotifSpec)
     # Live chains: (trajectory, chain index, text of the previous round).
     live = [(t, None, t.first.text) for t in trajectories]
     for round_index in range(2, rounds + 1):
-        messages = [
-            continuation_message(questions[t.prompt_index], carried_progress(prev), round_index, rounds)
-            for t, _, prev in live
-        ]
+        messages = []
+        for t, _, prev in live:
+            progress = carried_progress(prev)
+            t.missing_progress += progress is None
+            messages.append(continuation_message(
+                questions[t.prompt_index], MISSING_PROGRESS if progress is None else progress, round_index, rounds))
         fan_out = k if round_index == 2 else 1
         outputs = generate(
-            [conversation(msg, spec.system_prompt) for msg in messages],
+            [conversation(msg, spec.system_prompt_for(round_index)) for msg in messages],
             SamplingSpec(**{**spec.continuation.__dict__, "n": fan_out}),
             use_adapter,
         )

@@ -34,6 +34,7 @@ class MotifTrajectory:
     first: Completion
     chains: list[list[Completion]] = field(default_factory=list)  # k chains, each of R-1 rounds
     round_prompts: list[list[str]] = field(default_factory=list)  # user message per chain and round
+    missing_progress: int = 0  # rounds of this trajectory that passed on no <progress> block
 
     def final_texts(self) -> list[str]:
         """The last round's text of each chain (round 1's own text when R == 1)."""

@@ -1,0 +1,64 @@
+"""Where a run's model comes from: a hub id or folder as given, or one of the offline models built here (the
+tiny random model, or the tiny model warm-started by SFT on the toy task), built once and cached."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+from tqdm import tqdm
+
+from cluster.config import ModelConfig, SFTDataConfig, SFTRunConfig, WarmStartConfig
+from cluster.toy_task import ToyConfig, sft_rows, tokenizer_corpus
+from learner.config import LearnerConfig
+
+TINY = "tiny"
+TOY_WARM_START = "toy-warm-start"
+
+
+def resolve_model(model: ModelConfig, toy: ToyConfig) -> str:
+    """A path or id that `from_pretrained` and vLLM load."""
+    if model.path == TINY:
+        from learner.tiny_model import ensure_tiny_model
+
+        return str(ensure_tiny_model(Path(model.tiny_model_dir).resolve()))
+    if model.path == TOY_WARM_START:
+        return str(ensure_toy_warm_start(model.warm_start, toy))
+    return model.path
+
+
+def ensure_toy_warm_start(settings: WarmStartConfig, toy: ToyConfig) -> Path:
+    """The tiny model SFT'd on imperfect toy traces in every protocol of `settings.rounds`; built on first use
+    and cached under a key of everything that shapes it (settings, toy task, the protocol texts)."""
+    corpus = tokenizer_corpus(toy)
+    key_material = json.dumps([dataclasses.asdict(settings) | {"dir": None}, dataclasses.asdict(toy), corpus])
+    folder = Path(settings.dir).resolve() / f"toy-{hashlib.sha256(key_material.encode()).hexdigest()[:12]}"
+    model = folder / "model"
+    if (model / "config.json").exists():
+        return model
+    tqdm.write(f"warm start: building the toy-task SFT model in {folder} (once; cached for later runs)")
+    from cluster.sft import run_sft
+    from learner.tiny_model import build_tiny_model
+
+    work = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(work, ignore_errors=True)
+    base = build_tiny_model(work / "base", seed=settings.seed, extra_corpus=corpus)
+    rows = sft_rows(toy, settings.problems, tuple(settings.rounds), settings.error_rate, seed=settings.seed)
+    (work / "sft.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    run_sft(SFTRunConfig(
+        output_dir=str(work),
+        steps=settings.steps,
+        seed=settings.seed,
+        model=ModelConfig(path=str(base)),
+        data=SFTDataConfig(path=str(work / "sft.jsonl")),
+        learner=LearnerConfig(
+            finetune="full", learning_rate=settings.learning_rate, warmup_steps=min(30, settings.steps // 10),
+            mini_batch_size=settings.batch_size, micro_batch_size=settings.batch_size, seed=settings.seed,
+        ),
+    ))
+    shutil.rmtree(work / "base")
+    work.rename(folder)
+    return model

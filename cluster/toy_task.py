@@ -1,0 +1,138 @@
+"""A learnable synthetic task: a chain of small arithmetic steps (mod 10) with exact gold answers.
+
+No pretrained model exists offline, so learning is shown on a task a tiny model can learn on 2 CPU cores.
+`operations` is the difficulty knob: each step is written out as `b*2:0=0` (seven tokens with the tiny
+tokenizer), so a full solution needs about 7 x operations reasoning tokens. A MOTIF round covers at most
+`steps_per_round` steps, and its progress note ("after c: 6") is all the next round needs to continue.
+
+Problems come from one seeded stream; a problem's split is a hash of its question, so the train and held-out
+splits never share a question.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import string
+from dataclasses import dataclass
+
+from rollout.protocols import SYSTEM_PROMPT, continuation_message, conversation, first_round_message
+
+LETTERS = string.ascii_lowercase
+OPERATIONS = {"+": lambda x, d: (x + d) % 10, "-": lambda x, d: (x - d) % 10, "*": lambda x, d: (x * d) % 10}
+HELD_OUT_SHARE = 5  # one question in 5 hashes to the held-out split
+
+
+@dataclass(frozen=True)
+class ToyConfig:
+    operations: int = 6  # steps in a full solution: the difficulty knob
+    steps_per_round: int = 3  # steps a MOTIF round before the last covers in the warm-start traces
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ToyProblem:
+    start: int
+    steps: tuple[tuple[str, int], ...]  # (operator, operand) per step
+
+    @property
+    def question(self) -> str:
+        listed = " ".join(f"{LETTERS[i]}{op}{d}" for i, (op, d) in enumerate(self.steps))
+        return f"Start with x={self.start}. Apply in order, mod 10: {listed}."
+
+    def values(self) -> list[int]:
+        """The value after each step."""
+        out, x = [], self.start
+        for op, d in self.steps:
+            x = OPERATIONS[op](x, d)
+            out.append(x)
+        return out
+
+    @property
+    def answer(self) -> str:
+        return str(self.values()[-1])
+
+    @property
+    def held_out(self) -> bool:
+        return int(hashlib.sha256(self.question.encode()).hexdigest(), 16) % HELD_OUT_SHARE == 0
+
+
+def toy_problems(config: ToyConfig, split: str, count: int) -> list[ToyProblem]:
+    """`count` distinct problems of `split` ("train" or "test"), the same for the same config."""
+    if split not in ("train", "test"):
+        raise ValueError(f"toy task split must be 'train' or 'test', got {split!r}")
+    if not 1 <= config.operations <= len(LETTERS):
+        raise ValueError(f"toy task operations must be in 1..{len(LETTERS)}, got {config.operations}")
+    rng = random.Random(config.seed)
+    seen, out = set(), []
+    budget = 1000 * count + 10_000  # short chains have few distinct questions; never loop forever
+    while len(out) < count and budget > 0:
+        budget -= 1
+        problem = ToyProblem(
+            rng.randrange(10),
+            tuple((rng.choice("+-*"), rng.randrange(1, 10)) for _ in range(config.operations)),
+        )
+        if problem.question in seen or problem.held_out != (split == "test"):
+            continue
+        seen.add(problem.question)
+        out.append(problem)
+    if len(out) < count:
+        raise ValueError(f"the toy task with {config.operations} operations has fewer than {count} {split} problems")
+    return out
+
+
+def step_text(index: int, op: str, operand: int, before: int, after: int) -> str:
+    return f"{LETTERS[index]}{op}{operand}:{before}={after}"
+
+
+def progress_text(index: int, value: int) -> str:
+    return f"after {LETTERS[index]}: x={value}"
+
+
+def solution_turns(
+    problem: ToyProblem, rounds: int, steps_per_round: int, rng: random.Random, error_rate: float
+) -> list[tuple[list[dict[str, str]], str]]:
+    """A worked solution in the protocol's format, one (conversation, response) pair per round.
+
+    Each step is wrong with probability `error_rate` (a random other digit) and later steps continue from the
+    wrong value, so a model trained on these traces is only partly right: room for RL to improve it.
+    """
+    turns, value, done, progress = [], problem.start, 0, None
+    for round_index in range(1, rounds + 1):
+        last = round_index == rounds
+        todo = len(problem.steps) - done if last else min(steps_per_round, len(problem.steps) - done)
+        written = []
+        for i in range(done, done + todo):
+            op, d = problem.steps[i]
+            after = OPERATIONS[op](value, d)
+            if rng.random() < error_rate:
+                after = rng.choice([v for v in range(10) if v != after])
+            written.append(step_text(i, op, d, value, after))
+            value = after
+        done += todo
+        reasoning = "".join(f" {step}" for step in written) or f" {progress}"
+        message = (first_round_message(problem.question, rounds) if round_index == 1
+                   else continuation_message(problem.question, progress, round_index, rounds))
+        progress = progress_text(done - 1, value)
+        ending = f"<answer>\\boxed{{{value}}}</answer>" if last else f"<progress>{progress}</progress>"
+        turns.append((conversation(message, SYSTEM_PROMPT), f"<reasoning>{reasoning}</reasoning>{ending}"))
+    return turns
+
+
+def sft_rows(config: ToyConfig, count: int, rounds: tuple[int, ...], error_rate: float, seed: int = 0) -> list[dict]:
+    """Chat-formatted SFT rows ({"prompt": messages, "response": text}) from `count` train problems, each
+    solved once for every number of rounds in `rounds` (1 = single round, R > 1 = MOTIF's R rounds)."""
+    rng = random.Random(seed)
+    rows = []
+    for problem in toy_problems(config, "train", count):
+        for r in rounds:
+            for prompt, response in solution_turns(problem, r, config.steps_per_round, rng, error_rate):
+                rows.append({"prompt": prompt, "response": response})
+    rng.shuffle(rows)
+    return rows
+
+
+def tokenizer_corpus(config: ToyConfig) -> list[str]:
+    """Texts the tiny tokenizer learns its merges from: the protocol's prompts and a few worked solutions."""
+    rows = sft_rows(config, 20, (1, 3), error_rate=0.0)
+    return [m["content"] for row in rows for m in row["prompt"]] + [row["response"] for row in rows]
