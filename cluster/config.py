@@ -109,7 +109,6 @@ class EvalConfig:
     temperature: float = 1.0  # 0: greedy
     top_p: float = 1.0
     n: int = 4  # samples per question
-    seed: int = 0
     adapter: str | None = None  # `motif eval`: a PEFT adapter folder to evaluate the model with
     output_dir: str | None = None  # `motif eval`: where samples.jsonl and summary.json go (None: <output_dir>/eval)
 

@@ -1,10 +1,9 @@
-"""The training loop: prompts -> MOTIF rollout -> rewards -> GRPO update -> adapter push -> metrics."""
+"""The training loop: prompts -> MOTIF rollout -> rewards -> GRPO update -> adapter push -> metrics, with
+held-out evaluation at step 0, every `eval.every` steps and at the end."""
 
 from __future__ import annotations
 
 import itertools
-import math
-import os
 import random
 import shutil
 import time
@@ -15,37 +14,18 @@ from tqdm import tqdm
 
 from cluster.config import RunConfig, to_dict
 from cluster.data import Problem, load_problems
+from cluster.evaluation import eval_problems, eval_spec, evaluate, write_eval
 from cluster.metrics import MetricsLog
+from cluster.models import resolve_model
+from cluster.report import plot_run
+from cluster.spec import motif_spec
+from cluster.workers import actor_threads, start_ray, start_rollout_worker
 from learner.losses import ADVANTAGE_ESTIMATORS
 from learner.records import TrainSample
 from rewards import RewardSample, build_rewards, score_samples
-from rewards.motivation import motivated_system_prompt
-from rewards.registry import Reward
 from rollout.engine import PROMPT_TOO_LONG
-from rollout.protocols import SYSTEM_PROMPT, MotifSpec, motif_response_format
-from rollout.records import MotifTrajectory, SamplingSpec
-
-
-def resolve_model(config: RunConfig) -> str:
-    if config.model.path != "tiny":
-        return config.model.path
-    from learner.tiny_model import ensure_tiny_model
-
-    return str(ensure_tiny_model(Path(config.model.tiny_model_dir).resolve()))
-
-
-def motif_spec(config: RunConfig, rewards: list[Reward]) -> MotifSpec:
-    r = config.rollout
-    system_prompt = motivated_system_prompt(SYSTEM_PROMPT, rewards) if config.reward.motivation else SYSTEM_PROMPT
-    return MotifSpec(
-        samples_per_prompt=r.samples_per_prompt,
-        continuations=r.continuations,
-        rounds=r.rounds,
-        first_round=SamplingSpec(temperature=r.temperature, top_p=r.top_p, max_tokens=r.max_tokens),
-        continuation=SamplingSpec(temperature=r.continuation_temperature, top_p=r.top_p, max_tokens=r.max_tokens),
-        continuation_policy=r.continuation_policy,
-        system_prompt=system_prompt,
-    )
+from rollout.protocols import MotifSpec, motif_response_format
+from rollout.records import MotifTrajectory
 
 
 def prompt_batches(problems: list[Problem], size: int, seed: int):
@@ -81,25 +61,32 @@ def rollout_stats(trajectories: list[MotifTrajectory]) -> dict:
         "truncated_rate": sum(c.finish_reason == "length" for c in firsts) / len(firsts),
         "prompts_too_long": sum(c.finish_reason == PROMPT_TOO_LONG for c in firsts + finals),
         "continuations": len(finals),
+        "rollout/missing_progress": sum(t.missing_progress for t in trajectories),
     }
 
 
-def start_ray(config: RunConfig) -> None:
-    import ray
+class HeldOutEval:
+    """Evaluation during training: logs `eval/...` metrics and keeps each evaluation's samples."""
 
-    if ray.is_initialized():
-        return
-    env = {k: v for k, v in os.environ.items() if k.startswith(("HF_", "VLLM_", "TRANSFORMERS_"))}
-    num_cpus = None
-    if config.cluster.address is None:
-        # A local Ray offers at least the CPUs the run's actors ask for: on a small machine they take turns
-        # on the real cores instead of waiting forever to be placed.
-        requested = config.rollout.num_cpus + config.cluster.learner_num_cpus + sum(
-            t.num_cpus for t in config.reward.components if t.name == "reward_model"
-        )
-        num_cpus = max(os.cpu_count() or 1, math.ceil(requested))
-    ray.init(address=config.cluster.address, num_cpus=num_cpus, runtime_env={"env_vars": env},
-             include_dashboard=False, log_to_driver=True)
+    def __init__(self, config: RunConfig, rollout, spec: MotifSpec, run_dir: Path):
+        self.every, self.rollout, self.folder = config.eval.every, rollout, run_dir / "eval"
+        self.spec = eval_spec(config, spec)
+        self.problems = eval_problems(config) if self.every else []
+        self.history: list[tuple[int, float]] = []
+
+    def due(self, step: int, last: int) -> bool:
+        return bool(self.every) and (step % self.every == 0 or step == last)
+
+    def run(self, step: int) -> dict:
+        t0 = time.perf_counter()
+        summary, samples = evaluate(self.rollout, self.problems, self.spec, desc=f"eval step {step}")
+        write_eval(self.folder / f"step-{step}", summary, samples)
+        self.history.append((step, summary["pass@1"]))
+        n = summary["n"]
+        tqdm.write(f"eval step {step} | pass@1 {summary['pass@1']:.3f} | maj@{n} {summary[f'maj@{n}']:.3f} "
+                   f"| format {summary['format_rate']:.2f}")
+        metrics = {f"eval/{k}": float(v) for k, v in summary.items() if isinstance(v, (int, float))}
+        return {**metrics, "time_eval": time.perf_counter() - t0}
 
 
 def train(config: RunConfig) -> Path:
@@ -107,39 +94,34 @@ def train(config: RunConfig) -> Path:
     import ray
 
     from learner.actor import LearnerWorker
-    from rollout.actor import RolloutWorker
 
     run_dir = Path(config.output_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
     problems, report = load_problems(config.data)
     tqdm.write(f"data: {report.summary()}")
-    model_path = resolve_model(config)
+    model_path = resolve_model(config.model, config.data.toy)
     start_ray(config)
 
-    threads = {"OMP_NUM_THREADS": str(os.cpu_count())}
     r = config.rollout
-    rollout = RolloutWorker.options(num_cpus=r.num_cpus, runtime_env={"env_vars": threads}).remote(
-        model_path,
-        max_lora_rank=config.learner.lora_rank,
-        max_model_len=r.max_model_len,
-        kv_cache_bytes=r.kv_cache_mb << 20,
-        dtype=r.dtype,
-        seed=r.seed,
-    )
-    learner = LearnerWorker.options(num_cpus=config.cluster.learner_num_cpus, runtime_env={"env_vars": threads}).remote(
-        model_path, config.learner, temperature=r.temperature, num_threads=config.cluster.learner_threads or os.cpu_count()
+    rollout = start_rollout_worker(config, model_path)
+    learner = LearnerWorker.options(num_cpus=config.cluster.learner_num_cpus, runtime_env=actor_threads()).remote(
+        model_path, config.learner, temperature=r.temperature, num_threads=config.cluster.learner_threads
     )
     rewards = build_rewards(config.reward.components, motif_response_format(r.rounds))
     spec = motif_spec(config, rewards)
     if config.reward.motivation:
         tqdm.write(f"system prompt with motivation:\n{spec.system_prompt}")
+    held_out = HeldOutEval(config, rollout, spec, run_dir)
     estimator = ADVANTAGE_ESTIMATORS[config.learner.advantage_estimator]
     batches = prompt_batches(problems, r.prompts_per_step, config.data.shuffle_seed)
     log = MetricsLog(run_dir)
     adapters = run_dir / "adapters"
     adapters.mkdir(exist_ok=True)
+    version = 0
     try:
+        if held_out.every:
+            log.log(0, held_out.run(0))
         for step in tqdm(range(1, config.steps + 1), desc="train", unit="step"):
             batch = next(batches)
             t0 = time.perf_counter()
@@ -155,20 +137,30 @@ def train(config: RunConfig) -> Path:
                 if t.first.completion_ids
             ]
             t2 = time.perf_counter()
-            learn_metrics = ray.get(learner.train_step.remote(samples))
-            t3 = time.perf_counter()
-            path = ray.get(learner.export_adapter.remote(str(adapters / f"v{step}")))
-            version = ray.get(rollout.load_adapter.remote(path, step))
-            shutil.rmtree(adapters / f"v{step - 1}", ignore_errors=True)
-            t4 = time.perf_counter()
-            log.log(step, {
-                **reward_metrics, **learn_metrics, **rollout_stats(trajectories),
-                "adapter_version": version,
-                "time_rollout": t1 - t0, "time_reward": t2 - t1, "time_learn": t3 - t2, "time_sync": t4 - t3,
-            })
+            metrics = {**reward_metrics, **rollout_stats(trajectories)}
+            if samples:
+                metrics.update(ray.get(learner.train_step.remote(samples)))
+                t3 = time.perf_counter()
+                previous, version = version, step
+                path = ray.get(learner.export_adapter.remote(str(adapters / f"v{version}")))
+                ray.get(rollout.load_adapter.remote(path, version))
+                shutil.rmtree(adapters / f"v{previous}", ignore_errors=True)
+                metrics.update(time_learn=t3 - t2, time_sync=time.perf_counter() - t3)
+            else:
+                # Every prompt of the batch was too long to sample from: nothing to learn, the run goes on.
+                tqdm.write(f"step {step}: skipped, all {len(batch)} prompts exceed rollout.max_model_len")
+                metrics["skipped_step"] = 1.0
+            metrics.update(adapter_version=version, time_rollout=t1 - t0, time_reward=t2 - t1)
+            if held_out.due(step, config.steps):
+                metrics.update(held_out.run(step))
+            log.log(step, metrics)
         final = run_dir / "adapter"
         ray.get(learner.export_adapter.remote(str(final)))
-        tqdm.write(f"final adapter: {final}\nmetrics: {log.path}")
+        plot = plot_run(run_dir)
+        if len(held_out.history) > 1:
+            (s0, before), (s1, after) = held_out.history[0], held_out.history[-1]
+            tqdm.write(f"held-out pass@1: {before:.3f} at step {s0} -> {after:.3f} at step {s1}")
+        tqdm.write(f"run folder: {run_dir}\nfinal adapter: {final}\nmetrics: {log.path}\nplot: {plot}")
     finally:
         log.close()
         for reward in rewards:

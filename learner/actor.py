@@ -168,7 +168,9 @@ class GRPOLearner:
             old_lp, ref_lp = next(old), next(ref)
             adv = torch.tensor([s.advantage for s in micro], dtype=torch.float32, device=self.device)[:, None]
             per_token, clipped = policy_loss(logprobs, old_lp, adv, clip_low=cfg.clip_low, clip_high=cfg.clip_high)
-            kl = k3_kl(logprobs, ref_lp) if ref_lp is not None else torch.zeros_like(logprobs)
+            if ref_lp is None:
+                return per_token, {"clip_frac": clipped}
+            kl = k3_kl(logprobs, ref_lp)
             return per_token + cfg.kl_coef * kl, {"kl": kl, "clip_frac": clipped}
 
         return self._run_mini_batches(samples, grpo_loss)

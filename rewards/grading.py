@@ -20,13 +20,15 @@ class GradeResult:
     correct: bool
     # "correct" | "wrong" | "no_answer" | "timeout" | "worker_died" | "error" | "invalid_input"
     reason: str
+    answer: str | None = None  # the extracted final answer, when there was one
 
 
 def _grade_in_worker(response: str, gold: str) -> GradeResult:
     predicted = extract_answer(response)
     if predicted is None:
         return GradeResult(False, "no_answer")
-    return GradeResult(True, "correct") if answers_match(predicted, gold) else GradeResult(False, "wrong")
+    correct = answers_match(predicted, gold)
+    return GradeResult(correct, "correct" if correct else "wrong", predicted)
 
 
 class Grader:

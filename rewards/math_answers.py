@@ -94,6 +94,13 @@ def parse_number(text: str) -> Fraction | None:
     return Fraction(cleaned)
 
 
+def answer_key(answer: str) -> str:
+    """A canonical form for counting votes (maj@k): the exact value of a number, else the text without
+    spaces, wrappers or case, so surface variants of one answer count together."""
+    number = parse_number(answer)
+    return str(number) if number is not None else "".join(_unwrap_text(answer).split()).lower()
+
+
 _ASSIGNMENT = re.compile(r"^\s*[a-zA-Z](?:_\{?\w+\}?)?\s*=\s*(?=\S)")
 _CHOICE = re.compile(r"^\(?([A-Ea-e])\)?$")
 
