@@ -151,6 +151,16 @@ class GRPOLearner:
             grad_norm = float(self.engine.get_global_grad_norm())
         return sums, grad_norm
 
+    def score(self, samples: Sequence[TrainSample]) -> list[list[float]]:
+        """Each completion's per-token logprobs under the current policy (at the sampling temperature)."""
+        self.engine.eval()
+        out = []
+        with torch.no_grad():
+            for micro in self._micro_batches(samples):
+                logprobs, mask = self._logprobs(micro)
+                out += [row[m.bool()].tolist() for row, m in zip(logprobs, mask)]
+        return out
+
     def train_step(self, samples: Sequence[TrainSample]) -> dict[str, float]:
         """One GRPO update pass over the batch: len(samples)/mini_batch_size optimizer steps."""
         if not samples:

@@ -24,6 +24,14 @@ def test_demo_config_loads_and_overrides_apply():
     ("learner.mini_batch_size=6", "multiple of"),
     ("learner.advantage_estimator=ppo", "advantage_estimator"),
     ("steps", "key=value"),
+    ("rollout.temperature=0", "rollout.temperature must be > 0"),
+    ("rollout.continuation_temperature=-1", "rollout.continuation_temperature must be > 0"),
+    ("rollout.top_p=0.9", "rollout.top_p must be 1"),
+    ("rollout.continuation_top_p=0", "continuation_top_p and eval.top_p must be in"),
+    ("eval.top_p=1.5", "continuation_top_p and eval.top_p must be in"),
+    ("eval.n=0", "eval: temperature must be >= 0, n and rounds >= 1"),
+    ("learner.finetune=full", "learner.finetune must be lora for training"),
+    ("data.toy.operations=many", "data.toy.operations: expected int"),
 ])
 def test_invalid_config_is_named(override, message):
     with pytest.raises(ConfigError, match=message):
@@ -49,7 +57,7 @@ def test_malformed_rows_are_skipped_counted_and_named(tmp_path):
         json.dumps({"question": "What is 2*3?", "answer": "#### 6"}),
     ]
     path.write_text("\n".join(rows) + "\n")
-    problems, report = load_problems(DataConfig(path=str(path)))
+    problems, report = load_problems(DataConfig(path=str(path), gold_format="gsm8k"))
     assert [(p.question, p.gold, p.row) for p in problems] == [("What is 1+1?", "2", 0), ("What is 2*3?", "6", 6)]
     assert sum(report.skipped.values()) == 5
     summary = report.summary()
@@ -57,5 +65,38 @@ def test_malformed_rows_are_skipped_counted_and_named(tmp_path):
 
 
 def test_gsm8k_slice_loads_through_datasets():
-    problems, report = load_problems(DataConfig(path="../shared/data/gsm8k/train.jsonl", limit=10))
+    problems, report = load_problems(DataConfig(path="gsm8k", limit=10))
     assert len(problems) == 10 and not report.skipped and problems[0].gold == "72"
+
+
+@pytest.mark.parametrize("name,split,rows,first_gold", [
+    ("gsm8k", "train", 7473, "72"), ("gsm8k", "test", 1319, "18"),
+    ("math500", "test", 500, "\\left( 3, \\frac{\\pi}{2} \\right)"), ("aime24", "test", 30, "204"),
+])
+def test_shipped_datasets_load_by_name_with_their_fields(name, split, rows, first_gold):
+    problems, report = load_problems(DataConfig(path=name, split=split))
+    assert len(problems) == rows and not report.skipped
+    assert problems[0].gold == first_gold
+
+
+def test_shipped_data_matches_the_recorded_checksums():
+    import hashlib
+    import re
+
+    from cluster.data import SHIPPED
+
+    recorded = dict(re.findall(r"^\| (\S+\.jsonl) \| \d+ \| ([0-9a-f]{64}) \|$", (SHIPPED / "README.md").read_text(), re.M))
+    assert len(recorded) == 4
+    for name, digest in recorded.items():
+        assert hashlib.sha256((SHIPPED / name).read_bytes()).hexdigest() == digest, name
+
+
+def test_unknown_split_of_a_named_dataset_is_named():
+    with pytest.raises(ValueError, match="math500 has splits test"):
+        load_problems(DataConfig(path="math500", split="train"))
+
+
+def test_plain_answers_are_accepted_without_a_gsm8k_marker(tmp_path):
+    path = tmp_path / "plain.jsonl"
+    path.write_text(json.dumps({"question": "2+2?", "answer": " 4 "}) + "\n")
+    assert load_problems(DataConfig(path=str(path)))[0][0].gold == "4"

@@ -101,3 +101,48 @@ def test_over_long_prompt_is_reported_not_sent(ray_session, rollout_worker):
     assert [c.finish_reason for c in out[0]] == ["prompt_too_long"] * 2
     assert all(c.completion_ids == [] for c in out[0])
     assert all(c.completion_ids and c.finish_reason in ("stop", "length") for c in out[1])
+
+
+class ForgetfulModel(ScriptedModel):
+    """Writes round-1 reasoning but never a <progress> tag."""
+
+    def __call__(self, conversations, spec, use_adapter):
+        self.conversations = getattr(self, "conversations", []) + [conversations]
+        self.calls.append((len(conversations), spec.n))
+        return [[Completion([1], [2], f"<reasoning>SECRET-REASONING {i}-{j}</reasoning>", [0.0], "stop", 1)
+                 for j in range(spec.n)] for i in range(len(conversations))]
+
+
+def test_missing_progress_carries_nothing_and_is_counted():
+    from rollout.protocols import MISSING_PROGRESS
+
+    model = ForgetfulModel()
+    trajectories = motif_rollout(model, ["Q-one"], MotifSpec(samples_per_prompt=2, continuations=3, rounds=3))
+    for t in trajectories:
+        for prompts in t.round_prompts:
+            assert all(MISSING_PROGRESS in p and "SECRET-REASONING" not in p for p in prompts)
+        # round 1 once, then each of the k chains' round 2: 1 + 3 rounds passed on no progress
+        assert t.missing_progress == 1 + 3
+
+
+def test_each_round_is_told_what_it_is_rewarded_for():
+    from cluster.config import load_config
+    from cluster.spec import motif_spec
+    from rewards import FORMATS, build_rewards
+
+    config = load_config("cluster/configs/demo.yaml", ["reward.motivation=true", "rollout.rounds=3"])
+    spec = motif_spec(config, build_rewards(config.reward.components, "reasoning_progress"))
+    model = ScriptedModel()
+    model.systems = []
+    original = model.__call__
+
+    def record(conversations, sampling, use_adapter):
+        model.systems.append({c[0]["content"] for c in conversations})
+        return original(conversations, sampling, use_adapter)
+
+    motif_rollout(record, ["Q"], spec)
+    first, middle, last = model.systems
+    progress, answer = FORMATS["reasoning_progress"].description, FORMATS["reasoning_answer"].description
+    assert all(progress in s and answer not in s for s in first | middle)
+    assert all(answer in s and progress not in s for s in last)
+    assert all("accuracy (weight 1)" in s for s in first | middle | last)
