@@ -25,6 +25,7 @@ class LoadReport:
     loaded: int = 0
     skipped: Counter = field(default_factory=Counter)  # reason -> count
     examples: list[str] = field(default_factory=list)  # first few "row N: reason" lines
+    noun: str = "problems"
 
     def skip(self, row: int, reason: str) -> None:
         self.skipped[reason] += 1
@@ -32,7 +33,7 @@ class LoadReport:
             self.examples.append(f"row {row}: {reason}")
 
     def summary(self) -> str:
-        text = f"{self.loaded} problems loaded"
+        text = f"{self.loaded} {self.noun} loaded"
         if self.skipped:
             reasons = ", ".join(f"{n} {reason}" for reason, n in self.skipped.most_common())
             text += f"; skipped {sum(self.skipped.values())} rows ({reasons}); e.g. " + "; ".join(self.examples)

@@ -7,11 +7,14 @@ import dataclasses
 import hashlib
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
+import yaml
 from tqdm import tqdm
 
-from cluster.config import ModelConfig, SFTDataConfig, SFTRunConfig, WarmStartConfig
+from cluster.config import ModelConfig, SFTDataConfig, SFTRunConfig, WarmStartConfig, to_dict
 from cluster.toy_task import ToyConfig, sft_rows, tokenizer_corpus
 from learner.config import LearnerConfig
 
@@ -40,7 +43,6 @@ def ensure_toy_warm_start(settings: WarmStartConfig, toy: ToyConfig) -> Path:
     if (model / "config.json").exists():
         return model
     tqdm.write(f"warm start: building the toy-task SFT model in {folder} (once; cached for later runs)")
-    from cluster.sft import run_sft
     from learner.tiny_model import build_tiny_model
 
     work = folder.with_name(folder.name + ".partial")
@@ -48,7 +50,7 @@ def ensure_toy_warm_start(settings: WarmStartConfig, toy: ToyConfig) -> Path:
     base = build_tiny_model(work / "base", seed=settings.seed, extra_corpus=corpus)
     rows = sft_rows(toy, settings.problems, tuple(settings.rounds), settings.error_rate, seed=settings.seed)
     (work / "sft.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
-    run_sft(SFTRunConfig(
+    sft = SFTRunConfig(
         output_dir=str(work),
         steps=settings.steps,
         seed=settings.seed,
@@ -58,7 +60,11 @@ def ensure_toy_warm_start(settings: WarmStartConfig, toy: ToyConfig) -> Path:
             finetune="full", learning_rate=settings.learning_rate, warmup_steps=min(30, settings.steps // 10),
             mini_batch_size=settings.batch_size, micro_batch_size=settings.batch_size, seed=settings.seed,
         ),
-    ))
+    )
+    (work / "sft.yaml").write_text(yaml.safe_dump(to_dict(sft), sort_keys=False))
+    # `motif sft` in its own process, exactly as a user runs it: the learner's process group and environment
+    # (MASTER_PORT, RANK) must not leak into this process, whose Ray actors start their own.
+    subprocess.run([sys.executable, "-m", "cluster.cli", "sft", "--config", str(work / "sft.yaml")], check=True)
     shutil.rmtree(work / "base")
     work.rename(folder)
     return model

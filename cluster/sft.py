@@ -35,7 +35,7 @@ def _messages(prompt) -> list[dict[str, str]] | None:
 def load_sft_samples(config: SFTRunConfig, tokenizer) -> tuple[list[SFTSample], LoadReport]:
     """Tokenized rows: the prompt rendered by the chat template exactly as at sampling time, the response
     followed by the end-of-turn token. Malformed or over-long rows are skipped and counted."""
-    data, report, samples = config.data, LoadReport(), []
+    data, report, samples = config.data, LoadReport(noun="rows"), []
     if not Path(data.path).is_file():
         raise FileNotFoundError(f"data.path {data.path} does not exist")
     for i, row in jsonl_rows(data.path):

@@ -17,6 +17,15 @@ def brevity(sample):
 '''
 
 
+def motif_train(tmp_path, run_dir, *overrides):
+    cmd = [sys.executable, "-m", "cluster.cli", "train", "--config", "tests/configs/smoke.yaml",
+           f"output_dir={run_dir}", f"model.tiny_model_dir={tmp_path / 'tiny'}", *overrides]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc
+
+
 def test_motif_train_two_steps_writes_metrics_and_adapter(tmp_path):
     from learner.tiny_model import build_tiny_reward_model
 
@@ -28,14 +37,7 @@ def test_motif_train_two_steps_writes_metrics_and_adapter(tmp_path):
         f"{{name: '{tmp_path / 'my_rewards.py'}:brevity', weight: 0.1}}]"
     )
     run_dir = tmp_path / "run"
-    cmd = [
-        sys.executable, "-m", "cluster.cli", "train", "--config", "cluster/configs/demo.yaml",
-        "steps=2", f"output_dir={run_dir}", f"model.tiny_model_dir={tmp_path / 'tiny'}", "data.limit=16",
-        f"reward.components={components}", "reward.motivation=true",
-    ]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    proc = motif_train(tmp_path, run_dir, f"reward.components={components}", "reward.motivation=true")
     lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in lines] == [1, 2]
     assert [m["adapter_version"] for m in lines] == [1, 2]
@@ -52,3 +54,24 @@ def test_motif_train_two_steps_writes_metrics_and_adapter(tmp_path):
     output = proc.stdout + proc.stderr
     assert "step 2 |" in output
     assert "brevity (weight 0.1): 1 minus the response's length" in output  # the motivation prompt, printed
+    assert (run_dir / "report.png").stat().st_size > 10_000
+
+
+def test_a_step_whose_prompts_are_all_too_long_is_skipped_not_fatal(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = motif_train(tmp_path, run_dir, "rollout.max_model_len=64", "rollout.max_tokens=8")
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in lines] == [1, 2]
+    assert all(m["skipped_step"] == 1.0 and m["prompts_too_long"] > 0 and m["adapter_version"] == 0 for m in lines)
+    assert "skipped, all 2 prompts exceed rollout.max_model_len" in proc.stdout + proc.stderr
+
+
+def test_eval_during_training_logs_held_out_metrics(tmp_path):
+    run_dir = tmp_path / "run"
+    motif_train(tmp_path, run_dir, "eval.every=2", "eval.limit=3", "eval.n=2", "steps=2")
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in lines] == [0, 1, 2]
+    for m in (lines[0], lines[2]):  # step 0 and the last step
+        assert 0 <= m["eval/pass@1"] <= m["eval/pass@2"] <= 1 and m["eval/samples"] == 6
+    assert "eval/pass@1" not in lines[1]
+    assert len((run_dir / "eval" / "step-2" / "samples.jsonl").read_text().splitlines()) == 6
