@@ -37,7 +37,8 @@ class MetricsLog:
         for key, label, fmt in CONSOLE_FIELDS:
             if key in metrics:
                 parts.append(f"{label} {fmt.format(metrics[key])}")
-        tqdm.write(" | ".join(parts))
+        if len(parts) > 1:
+            tqdm.write(" | ".join(parts))
 
     def close(self) -> None:
         self._file.close()

@@ -23,12 +23,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _lr_scheduler(config: LearnerConfig) -> dict:
-    if not config.decay_steps:
-        return {}
-    return {"scheduler": {"type": "WarmupDecayLR", "params": {
-        "total_num_steps": config.decay_steps, "warmup_num_steps": config.warmup_steps, "warmup_type": "linear",
-        "warmup_min_lr": 0.0, "warmup_max_lr": config.learning_rate}}}
+def lr_schedule(config: LearnerConfig):
+    """Multiplier of the learning rate at optimizer step s: linear warm-up over warmup_steps (step 0 already
+    trains), then linear decay to 0 at decay_steps; constant when decay_steps is 0."""
+
+    def factor(step: int) -> float:
+        warm = min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
+        if not config.decay_steps:
+            return warm
+        return warm * max(0.0, (config.decay_steps - step) / (config.decay_steps - config.warmup_steps)) \
+            if step >= config.warmup_steps else warm
+
+    return factor
 
 
 def deepspeed_config(config: LearnerConfig, bf16: bool) -> dict:
@@ -47,7 +53,6 @@ def deepspeed_config(config: LearnerConfig, bf16: bool) -> dict:
         },
         "steps_per_print": 1 << 30,
         "wall_clock_breakdown": False,
-        **_lr_scheduler(config),
     }
 
 
@@ -102,6 +107,7 @@ class GRPOLearner:
             model=model,
             model_parameters=[p for p in model.parameters() if p.requires_grad],
             config=deepspeed_config(config, bf16=cuda),
+            lr_scheduler=lambda optimizer: torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(config)),
         )
         # DeepSpeed reports the pre-clip gradient norm only from its ZeRO / bf16 optimizers; with plain
         # fp32 stage 0 it clips in place and discards the norm, so it is measured here instead.

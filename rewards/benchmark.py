@@ -16,7 +16,7 @@ from pathlib import Path
 from rewards.grading import Grader
 from rewards.math_answers import grade_unbounded
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA = Path(__file__).resolve().parents[1] / "cluster" / "datasets"
 
 
 def workload(rows: int) -> tuple[list[str], list[str]]:

@@ -12,8 +12,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DATA = Path(REPO).parent / "shared" / "data"
-GSM8K_TRAIN = str(DATA / "gsm8k" / "train.jsonl")
+DATA = Path(REPO) / "cluster" / "datasets"  # the project's own copies: a clone has no ../shared
 
 
 @pytest.fixture(scope="session")
