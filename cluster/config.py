@@ -27,7 +27,7 @@ class WarmStartConfig:
     dir: str = "runs/warm-start"
     problems: int = 2000  # train problems, each solved once per entry of `rounds`
     rounds: list[int] = field(default_factory=lambda: [1, 3])  # protocols to imitate: 1 = single round
-    error_rate: float = 0.15  # chance that a written step is wrong: leaves room for RL
+    error_rate: float = 0.06  # chance that a written step is wrong: leaves room for RL
     steps: int = 800
     batch_size: int = 32
     learning_rate: float = 3.0e-3

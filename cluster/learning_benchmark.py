@@ -1,8 +1,9 @@
 """Learning benchmark: single-round GRPO against MOTIF on the toy task, from the same warm start.
 
-Both methods train the same number of round-1 samples per step (B x m) for the same steps, with the same
-per-round token budget, which is too small for a whole solution; each is evaluated on held-out questions in
-its own protocol. Several seeds per method give a mean and a 95% interval at every evaluated step.
+Every method trains the same number of round-1 samples per step (B x m) for the same steps. GRPO and MOTIF
+get the same per-round token budget, which is too small for a whole solution; a third arm gives single-round
+GRPO MOTIF's total budget (3 rounds' worth) in one round. Each is evaluated on held-out questions in its own
+protocol and budget. Several seeds per method give a mean and a 95% interval at every evaluated step.
 
     python -m cluster.learning_benchmark --seeds 0 1 2 --steps 40 [--out runs/learning-benchmark] [key=value ...]
 
@@ -21,7 +22,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-METHODS = {"grpo (1 round)": ["rollout.rounds=1"], "motif (3 rounds)": ["rollout.rounds=3"]}
+METHODS = {
+    "grpo, 1 round": ["rollout.rounds=1"],
+    "motif, 3 rounds": ["rollout.rounds=3"],
+    # The same total token budget as MOTIF's three rounds, in one round: what rounds cost or buy.
+    "grpo, 1 round x3 budget": ["rollout.rounds=1", "rollout.max_tokens=120", "eval.max_tokens=120"],
+}
 # Two-sided 95% Student t quantiles by degrees of freedom.
 T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
@@ -35,7 +41,7 @@ def interval(values: list[float]) -> tuple[float, float]:
 
 
 def run_one(config: str, out: Path, method: str, seed: int, steps: int, every: int, overrides: list[str]) -> dict:
-    run_dir = out / f"{method.split()[0]}-seed{seed}"
+    run_dir = out / f"{'-'.join(method.replace(',', '').split())}-seed{seed}"
     cmd = [sys.executable, "-m", "cluster.cli", "train", "--config", config, f"output_dir={run_dir}",
            f"steps={steps}", f"eval.every={every}", f"rollout.seed={seed}", f"learner.seed={seed}",
            f"data.shuffle_seed={seed}", *METHODS[method], *overrides]
@@ -91,9 +97,9 @@ def main(argv: list[str] | None = None) -> dict:
     plot(results, out / "learning.png")
 
     steps = sorted(int(s) for s in next(iter(results["methods"].values())))
-    header = f"{'method':<18}" + "".join(f"{'step ' + str(s):>16}" for s in steps)
+    header = f"{'method':<26}" + "".join(f"{'step ' + str(s):>16}" for s in steps)
     lines = [header] + [
-        f"{method:<18}" + "".join(f"{by[str(s)]['mean']:>9.3f} ±{by[str(s)]['ci95']:.3f}" for s in steps)
+        f"{method:<26}" + "".join(f"{by[str(s)]['mean']:>9.3f} ±{by[str(s)]['ci95']:.3f}" for s in steps)
         for method, by in results["methods"].items()
     ]
     print(json.dumps(results))
