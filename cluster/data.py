@@ -97,6 +97,17 @@ def jsonl_rows(path: str | Path):
             yield i, f"invalid JSON ({e.msg})"
 
 
+def json_objects(rows, report: LoadReport):
+    """The (index, dict) rows that are JSON objects; the others are skipped into `report` with their reason."""
+    for i, row in rows:
+        if isinstance(row, str):
+            report.skip(i, row)
+        elif not isinstance(row, dict):
+            report.skip(i, "row is not a JSON object")
+        else:
+            yield i, row
+
+
 def _raw_rows(config: DataConfig):
     """(row index, dict or parse-error string) for each row, in source order."""
     import datasets
@@ -123,15 +134,9 @@ def load_problems(config: DataConfig) -> tuple[list[Problem], LoadReport]:
         return [Problem(p.question, p.answer, i) for i, p in enumerate(toy)], report
     question_field, answer_field, gold_format = resolve_fields(config)
     problems: list[Problem] = []
-    for i, row in _raw_rows(config):
+    for i, row in json_objects(_raw_rows(config), report):
         if config.limit is not None and len(problems) >= config.limit:
             break
-        if isinstance(row, str):
-            report.skip(i, row)
-            continue
-        if not isinstance(row, dict):
-            report.skip(i, "row is not a JSON object")
-            continue
         question, answer = row.get(question_field), row.get(answer_field)
         if not isinstance(question, str) or not question.strip():
             report.skip(i, f"missing or empty '{question_field}'")

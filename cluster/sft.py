@@ -13,7 +13,7 @@ import yaml
 from tqdm import tqdm
 
 from cluster.config import SFTRunConfig, to_dict
-from cluster.data import LoadReport, jsonl_rows
+from cluster.data import LoadReport, json_objects, jsonl_rows
 from cluster.metrics import MetricsLog
 from cluster.models import resolve_model
 from cluster.toy_task import ToyConfig
@@ -38,15 +38,9 @@ def load_sft_samples(config: SFTRunConfig, tokenizer) -> tuple[list[SFTSample], 
     data, report, samples = config.data, LoadReport(noun="rows"), []
     if not Path(data.path).is_file():
         raise FileNotFoundError(f"data.path {data.path} does not exist")
-    for i, row in jsonl_rows(data.path):
+    for i, row in json_objects(jsonl_rows(data.path), report):
         if data.limit is not None and len(samples) >= data.limit:
             break
-        if isinstance(row, str):
-            report.skip(i, row)
-            continue
-        if not isinstance(row, dict):
-            report.skip(i, "row is not a JSON object")
-            continue
         messages, response = _messages(row.get(data.prompt_field)), row.get(data.response_field)
         if messages is None:
             report.skip(i, f"'{data.prompt_field}' is not a string or a list of {{role, content}} messages")

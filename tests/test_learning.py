@@ -32,7 +32,7 @@ def test_sft_model_greedy_output_under_vllm_equals_hf(ray_session, warm_start):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from cluster.toy_task import ToyConfig, toy_problems
+    from cluster.toy_task import toy_problems
     from rewards import FORMATS
     from rollout.actor import RolloutWorker
     from rollout.protocols import SYSTEM_PROMPT, conversation, first_round_message
@@ -41,7 +41,7 @@ def test_sft_model_greedy_output_under_vllm_equals_hf(ray_session, warm_start):
     model_path, _ = warm_start
     worker = RolloutWorker.options(num_cpus=1).remote(model_path, max_lora_rank=8, max_model_len=512,
                                                       kv_cache_bytes=32 << 20, dtype="float32")
-    problems = toy_problems(ToyConfig(), "test", 6)
+    problems = toy_problems(load_config(DEMO).data.toy, "test", 6)
     conversations = [conversation(first_round_message(p.question, 3), SYSTEM_PROMPT) for p in problems]
     served = [g[0] for g in ray_session.get(worker.generate.remote(conversations, SamplingSpec(temperature=0.0, max_tokens=40)))]
     ray_session.kill(worker)
