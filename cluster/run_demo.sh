@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The README's main command: set up the environment, then train MOTIF on the tiny offline model
-# against a slice of GSM8K on a local Ray. Extra arguments are config overrides (e.g. steps=8).
+# The README's main command: set up the environment, then show learning on a local Ray: warm-start the tiny
+# offline model on the toy task (first run only, cached), train it with MOTIF GRPO and evaluate on held-out
+# questions before, during and after. Extra arguments are config overrides (e.g. steps=80).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 "$root/cluster/setup_env.sh"
