@@ -17,6 +17,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -45,10 +46,22 @@ def run_one(config: str, out: Path, method: str, seed: int, steps: int, every: i
     cmd = [sys.executable, "-m", "cluster.cli", "train", "--config", config, f"output_dir={run_dir}",
            f"steps={steps}", f"eval.every={every}", f"rollout.seed={seed}", f"learner.seed={seed}",
            f"data.shuffle_seed={seed}", *METHODS[method], *overrides]
-    print(f"[benchmark] {method}, seed {seed}: {run_dir}", file=sys.stderr, flush=True)
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return {r["step"]: r["eval/pass@1"] for r in rows if "eval/pass@1" in r}
+    metrics = run_dir / "metrics.jsonl"
+    if finished(metrics, steps):  # an interrupted benchmark rerun with the same --out keeps finished runs
+        print(f"[benchmark] {method}, seed {seed}: reusing {run_dir}", file=sys.stderr, flush=True)
+    else:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        print(f"[benchmark] {method}, seed {seed}: {run_dir}", file=sys.stderr, flush=True)
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    return {r["step"]: r["eval/pass@1"] for r in read_rows(metrics) if "eval/pass@1" in r}
+
+
+def read_rows(metrics: Path) -> list[dict]:
+    return [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.is_file() else []
+
+
+def finished(metrics: Path, steps: int) -> bool:
+    return any(r["step"] == steps and "eval/pass@1" in r for r in read_rows(metrics))
 
 
 def plot(results: dict, path: Path) -> None:
