@@ -20,9 +20,12 @@ def _config_command(commands, name: str, help_text: str, description: str):
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="motif", description="MOTIF / GRPO reinforcement learning on Ray + vLLM + DeepSpeed.")
     commands = parser.add_subparsers(dest="command", required=True)
-    _config_command(commands, "train", "run GRPO / MOTIF training",
-                    "Run GRPO / MOTIF training. Settings come from --config, then key=value overrides "
-                    "(e.g. rollout.rounds=3 learner.learning_rate=1e-5 steps=10).")
+    train = _config_command(commands, "train", "run GRPO / MOTIF training",
+                            "Run GRPO / MOTIF training. Settings come from --config, then key=value overrides "
+                            "(e.g. rollout.rounds=3 learner.learning_rate=1e-5 steps=10).")
+    train.add_argument("--resume", metavar="auto|PATH",
+                       help="continue from a checkpoint: 'auto' = the newest in checkpoint.dir (none: start fresh), "
+                            "or a checkpoint folder")
     _config_command(commands, "sft", "supervised fine-tuning (warm start) through the same learner",
                     "Fine-tune on chat-formatted JSONL rows {prompt, response} (loss on response tokens only), "
                     "full-parameter (learner.finetune=full) or LoRA; writes OUTPUT_DIR/model.")
@@ -66,8 +69,13 @@ def main(argv: list[str] | None = None) -> int:
         run_eval(config)
     else:
         from cluster.driver import train
+        from learner.group import LearnerDied
 
-        train(config)
+        try:
+            train(config, resume=args.resume)
+        except (LearnerDied, FileNotFoundError) as e:
+            print(f"motif: {e}", file=sys.stderr)
+            return 1
     return 0
 
 

@@ -76,7 +76,11 @@ class RolloutConfig:
     kv_cache_mb: int = 64
     # vLLM's "auto" runs a float32 checkpoint in bfloat16 on CPU; "float32" matches the CPU learner exactly.
     dtype: str = "auto"
-    num_cpus: float = 1
+    num_workers: int = 1  # vLLM engines; each round's requests are split across them
+    num_cpus: float = 1  # per worker
+    num_gpus: float = 0  # per worker; > 0 requires CUDA (vLLM's GPU build)
+    tensor_parallel_size: int = 1  # GPUs per engine
+    request_timeout_s: float = 600.0  # a worker silent this long on one request is replaced
     seed: int = 0
 
 
@@ -94,8 +98,22 @@ class RewardConfig:
 @dataclass
 class ClusterConfig:
     address: str | None = None  # None: start a local Ray; "auto" or "ray://host:port": join that cluster
-    learner_num_cpus: float = 1
-    learner_threads: int | None = None  # torch threads in the learner; None = all cores
+    learner_num_cpus: float = 1  # per learner rank
+    learner_num_gpus: float = 0  # per learner rank; > 0 requires CUDA (NCCL, bf16)
+    # torch threads per learner rank; None: a local run splits the cores between the ranks, a cluster gives
+    # each rank its learner_num_cpus
+    learner_threads: int | None = None
+    # Rollout workers and learner ranks in one placement group: "separate" bundles, or "colocate" (rank i shares
+    # worker i's bundle and GPU; they take turns in synchronous training)
+    placement: str = "separate"
+    ready_timeout_s: float = 600.0  # actors not placed and started by then: an error naming what is missing
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 0  # steps between checkpoints (0: only at the end); always one at the end
+    keep: int = 2  # newest checkpoints kept
+    dir: str | None = None  # None: <output_dir>/checkpoints
 
 
 @dataclass
@@ -124,9 +142,10 @@ class RunConfig:
     reward: RewardConfig = field(default_factory=RewardConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
     def validate(self) -> None:
-        r, e = self.rollout, self.eval
+        r, e, c = self.rollout, self.eval, self.cluster
         if self.steps < 1:
             raise ConfigError(f"steps must be >= 1, got {self.steps}")
         for name in ("temperature", "continuation_temperature"):
@@ -148,6 +167,19 @@ class RunConfig:
             raise ConfigError(f"rollout.continuation_policy must be 'current' or 'frozen_base', got {r.continuation_policy!r}")
         if r.max_tokens >= r.max_model_len:
             raise ConfigError(f"rollout.max_tokens ({r.max_tokens}) must be below rollout.max_model_len ({r.max_model_len})")
+        if r.num_workers < 1 or r.tensor_parallel_size < 1 or r.num_cpus <= 0 or r.num_gpus < 0:
+            raise ConfigError("rollout.num_workers and tensor_parallel_size must be >= 1, num_cpus > 0, num_gpus >= 0")
+        if r.tensor_parallel_size > 1 and r.num_gpus < r.tensor_parallel_size:
+            raise ConfigError(f"rollout.tensor_parallel_size={r.tensor_parallel_size} needs rollout.num_gpus >= "
+                              f"{r.tensor_parallel_size} per worker (got {r.num_gpus})")
+        if not r.request_timeout_s > 0 or not c.ready_timeout_s > 0:
+            raise ConfigError("rollout.request_timeout_s and cluster.ready_timeout_s must be > 0")
+        if c.learner_num_cpus <= 0 or c.learner_num_gpus < 0:
+            raise ConfigError("cluster.learner_num_cpus must be > 0 and learner_num_gpus >= 0")
+        if c.placement not in ("separate", "colocate"):
+            raise ConfigError(f"cluster.placement must be 'separate' or 'colocate', got {c.placement!r}")
+        if self.checkpoint.every < 0 or self.checkpoint.keep < 1:
+            raise ConfigError("checkpoint.every must be >= 0 and checkpoint.keep >= 1")
         if self.data.gold_format not in (None, "gsm8k", "plain"):
             raise ConfigError(f"data.gold_format must be 'gsm8k' or 'plain', got {self.data.gold_format!r}")
         try:

@@ -3,15 +3,15 @@ held-out evaluation at step 0, every `eval.every` steps and at the end."""
 
 from __future__ import annotations
 
-import itertools
+import json
 import random
-import shutil
 import time
 from pathlib import Path
 
 import yaml
 from tqdm import tqdm
 
+from cluster.checkpoint import Checkpoints, load_state
 from cluster.config import RunConfig, to_dict
 from cluster.data import Problem, load_problems
 from cluster.evaluation import eval_problems, eval_spec, evaluate, write_eval
@@ -19,25 +19,26 @@ from cluster.metrics import MetricsLog
 from cluster.models import resolve_model
 from cluster.report import plot_run
 from cluster.spec import motif_spec
-from cluster.workers import actor_threads, start_ray, start_rollout_worker
+from cluster.workers import start_ray
+from learner.actor import write_files
 from learner.losses import ADVANTAGE_ESTIMATORS
 from learner.records import TrainSample
 from rewards import RewardSample, build_rewards, score_samples
 from rollout.engine import PROMPT_TOO_LONG
 from rollout.protocols import MotifSpec, motif_response_format
-from rollout.records import MotifTrajectory
+from rollout.records import AdapterPayload, MotifTrajectory
 
 
-def prompt_batches(problems: list[Problem], size: int, seed: int):
-    """Endless batches of `size` problems, reshuffled every epoch."""
-    rng = random.Random(seed)
-    for epoch in itertools.count():
-        order = list(problems)
-        rng.shuffle(order)
-        for i in range(0, len(order) - size + 1, size):
-            yield order[i : i + size]
-        if len(order) < size:
-            raise ValueError(f"only {len(order)} problems, fewer than rollout.prompts_per_step={size}")
+def prompt_batch(problems: list[Problem], size: int, seed: int, index: int) -> list[Problem]:
+    """Batch `index` of an endless sequence of `size` problems, reshuffled every epoch. A function of its index,
+    so a resumed run draws exactly the batches the uninterrupted one would have."""
+    per_epoch = len(problems) // size
+    if per_epoch == 0:
+        raise ValueError(f"only {len(problems)} problems, fewer than rollout.prompts_per_step={size}")
+    epoch, position = divmod(index, per_epoch)
+    order = list(problems)
+    random.Random(f"{seed}:{epoch}").shuffle(order)
+    return order[position * size : (position + 1) * size]
 
 
 def reward_samples(trajectories: list[MotifTrajectory], batch: list[Problem], spec: MotifSpec) -> list[RewardSample]:
@@ -68,8 +69,8 @@ def rollout_stats(trajectories: list[MotifTrajectory]) -> dict:
 class HeldOutEval:
     """Evaluation during training: logs `eval/...` metrics and keeps each evaluation's samples."""
 
-    def __init__(self, config: RunConfig, rollout, spec: MotifSpec, run_dir: Path):
-        self.every, self.rollout, self.folder = config.eval.every, rollout, run_dir / "eval"
+    def __init__(self, config: RunConfig, pool, spec: MotifSpec, run_dir: Path):
+        self.every, self.pool, self.folder = config.eval.every, pool, run_dir / "eval"
         self.spec = eval_spec(config, spec)
         self.problems = eval_problems(config) if self.every else []
         self.history: list[tuple[int, float]] = []
@@ -79,7 +80,7 @@ class HeldOutEval:
 
     def run(self, step: int) -> dict:
         t0 = time.perf_counter()
-        summary, samples = evaluate(self.rollout, self.problems, self.spec, desc=f"eval step {step}")
+        summary, samples = evaluate(self.pool, self.problems, self.spec, desc=f"eval step {step}", key=("eval", step))
         write_eval(self.folder / f"step-{step}", summary, samples)
         self.history.append((step, summary["pass@1"]))
         n = summary["n"]
@@ -89,62 +90,132 @@ class HeldOutEval:
         return {**metrics, "time_eval": time.perf_counter() - t0}
 
 
-def train(config: RunConfig) -> Path:
-    """Run the configured number of GRPO steps; returns the run folder."""
-    import ray
+def write_samples(path: Path, step: int, batch: list[Problem], trajectories: list[MotifTrajectory],
+                  totals: list[float], advantages: list[float]) -> None:
+    """Every trajectory of a step: what was sampled, by which worker under which adapter, and what it earned."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as f:
+        for t, total, advantage in zip(trajectories, totals, advantages):
+            f.write(json.dumps({
+                "step": step, "prompt": t.prompt_index, "question_id": batch[t.prompt_index].row,
+                "response": t.first.text, "finals": t.final_texts(), "reward": total, "advantage": advantage,
+                "worker": t.first.worker, "adapter_version": t.first.adapter_version,
+                "adapter_digest": t.first.adapter_digest,
+            }) + "\n")
 
-    from learner.actor import LearnerWorker
 
+class Run:
+    """The actors and state of one training run; `train` drives it."""
+
+    def __init__(self, config: RunConfig, run_dir: Path):
+        self.config, self.run_dir = config, run_dir
+        self.checkpoints = Checkpoints(config.checkpoint.dir or run_dir / "checkpoints", config.checkpoint.keep)
+        self.resume_hint = f"Resume with: motif train --config {run_dir / 'config.yaml'} --resume auto"
+        self.pool = self.learner = self.group = None
+
+    def start(self, model_path: str) -> None:
+        from cluster.workers import reserve_placement, start_learner_group, start_rollout_pool
+
+        self.group, worker_bundles, learner_bundles = reserve_placement(self.config)
+        self.pool = start_rollout_pool(self.config, model_path, self.group, worker_bundles)
+        self.learner = start_learner_group(self.config, model_path, self.resume_hint, self.group, learner_bundles)
+        timeout = self.config.cluster.ready_timeout_s
+        self.pool.wait_ready(timeout)
+        self.learner.wait_ready(timeout)
+
+    def push(self, version: int) -> None:
+        digest, payload = self.learner.adapter_payload(version)
+        self.pool.push(payload, digest, version)
+
+    def save(self, step: int, state: dict) -> Path:
+        import ray
+
+        def write(folder: Path) -> None:
+            self.learner.save_checkpoint(str(folder / "learner"))
+            write_files(folder / "adapter", ray.get(self.pool.payload).files if self.pool.payload else {})
+
+        return self.checkpoints.save(step, {**state, "adapter_digest": self.pool.digest}, write)
+
+    def restore(self, folder: Path) -> dict:
+        state = load_state(folder)
+        self.learner.load_checkpoint(str(folder / "learner"))
+        if state["adapter_version"]:
+            payload = AdapterPayload.from_folder(state["adapter_version"], folder / "adapter")
+            if payload.digest != state["adapter_digest"]:
+                raise RuntimeError(f"checkpoint {folder}: adapter files do not match the digest recorded at save")
+            self.pool.push(payload, payload.digest, payload.version)
+        return state
+
+    def stop(self) -> None:
+        from ray.util.placement_group import remove_placement_group
+
+        for actors in (self.pool, self.learner):
+            if actors is not None:
+                actors.shutdown()
+        if self.group is not None:
+            remove_placement_group(self.group)
+
+
+def train(config: RunConfig, resume: str | None = None) -> Path:
+    """Run GRPO steps up to `config.steps`, from scratch or from a checkpoint; returns the run folder."""
     run_dir = Path(config.output_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
     problems, report = load_problems(config.data)
     tqdm.write(f"data: {report.summary()}")
     model_path = resolve_model(config.model, config.data.toy)
+    run = Run(config, run_dir)
+    checkpoint = run.checkpoints.resolve(resume) if resume else None
+    if resume == "auto" and checkpoint is None:
+        tqdm.write(f"--resume auto: no checkpoint in {run.checkpoints.root}, starting from step 0")
     start_ray(config)
 
     r = config.rollout
-    rollout = start_rollout_worker(config, model_path)
-    learner = LearnerWorker.options(num_cpus=config.cluster.learner_num_cpus, runtime_env=actor_threads()).remote(
-        model_path, config.learner, temperature=r.temperature, num_threads=config.cluster.learner_threads
-    )
     rewards = build_rewards(config.reward.components, motif_response_format(r.rounds))
     spec = motif_spec(config, rewards)
     if config.reward.motivation:
         tqdm.write(f"system prompt with motivation:\n{spec.system_prompt}")
-    held_out = HeldOutEval(config, rollout, spec, run_dir)
     estimator = ADVANTAGE_ESTIMATORS[config.learner.advantage_estimator]
-    batches = prompt_batches(problems, r.prompts_per_step, config.data.shuffle_seed)
-    log = MetricsLog(run_dir)
-    adapters = run_dir / "adapters"
-    adapters.mkdir(exist_ok=True)
-    version = 0
+    log = None
     try:
-        if held_out.every:
+        run.start(model_path)
+        held_out = HeldOutEval(config, run.pool, spec, run_dir)
+        state = {"step": 0, "adapter_version": 0, "metrics_offset": 0, "eval_history": []}
+        if checkpoint is not None:
+            state = run.restore(checkpoint)
+            held_out.history = [tuple(h) for h in state["eval_history"]]
+            tqdm.write(f"resumed from {checkpoint} at step {state['step']}")
+        log = MetricsLog(run_dir, truncate_at=state["metrics_offset"] if checkpoint is not None else 0)
+        first = state["step"] + 1
+        if held_out.every and first == 1:
             log.log(0, held_out.run(0))
-        for step in tqdm(range(1, config.steps + 1), desc="train", unit="step"):
-            batch = next(batches)
+        version = state["adapter_version"]
+        for step in tqdm(range(first, config.steps + 1), desc="train", unit="step", initial=first - 1, total=config.steps):
+            batch = prompt_batch(problems, r.prompts_per_step, config.data.shuffle_seed, step - 1)
             t0 = time.perf_counter()
-            trajectories = ray.get(rollout.motif_rollout.remote([p.question for p in batch], spec))
+            run.pool.begin("train", step)
+            sampled = run.pool.motif_rollout([p.question for p in batch], spec)
             t1 = time.perf_counter()
+            # Attestation: only samples generated under the adapter just pushed are trained on.
+            trajectories = [t for t in sampled if t.first.adapter_digest == run.pool.digest]
             totals, reward_metrics = score_samples(rewards, reward_samples(trajectories, batch, spec))
             advantages = estimator(
                 totals, [t.prompt_index for t in trajectories], norm_by_std=config.learner.norm_adv_by_std
             ).tolist()
+            write_samples(run_dir / "samples" / f"step-{step}.jsonl", step, batch, trajectories, totals, advantages)
             samples = [
                 TrainSample(t.first.prompt_ids, t.first.completion_ids, a)
                 for t, a in zip(trajectories, advantages)
                 if t.first.completion_ids
             ]
             t2 = time.perf_counter()
-            metrics = {**reward_metrics, **rollout_stats(trajectories)}
+            metrics = {**reward_metrics, **rollout_stats(trajectories), **run.pool.take_counters(),
+                       "rollout/stale_dropped": float(len(sampled) - len(trajectories))}
             if samples:
-                metrics.update(ray.get(learner.train_step.remote(samples)))
+                metrics.update(run.learner.train_step(samples))
                 t3 = time.perf_counter()
-                previous, version = version, step
-                path = ray.get(learner.export_adapter.remote(str(adapters / f"v{version}")))
-                ray.get(rollout.load_adapter.remote(path, version))
-                shutil.rmtree(adapters / f"v{previous}", ignore_errors=True)
+                version = step
+                run.push(version)
                 metrics.update(time_learn=t3 - t2, time_sync=time.perf_counter() - t3)
             else:
                 # Every prompt of the batch was too long to sample from: nothing to learn, the run goes on.
@@ -154,15 +225,22 @@ def train(config: RunConfig) -> Path:
             if held_out.due(step, config.steps):
                 metrics.update(held_out.run(step))
             log.log(step, metrics)
+            if step == config.steps or (config.checkpoint.every and step % config.checkpoint.every == 0):
+                saved = run.save(step, {"step": step, "adapter_version": version, "data_position": step,
+                                        "metrics_offset": log.offset(), "eval_history": held_out.history,
+                                        "sampling_seed": r.seed})
+                tqdm.write(f"checkpoint: {saved}")
         final = run_dir / "adapter"
-        ray.get(learner.export_adapter.remote(str(final)))
+        run.learner.export_adapter(str(final))
         plot = plot_run(run_dir)
         if len(held_out.history) > 1:
             (s0, before), (s1, after) = held_out.history[0], held_out.history[-1]
             tqdm.write(f"held-out pass@1: {before:.3f} at step {s0} -> {after:.3f} at step {s1}")
         tqdm.write(f"run folder: {run_dir}\nfinal adapter: {final}\nmetrics: {log.path}\nplot: {plot}")
     finally:
-        log.close()
+        if log is not None:
+            log.close()
+        run.stop()
         for reward in rewards:
             reward.close()
     return run_dir

@@ -78,14 +78,14 @@ def summarize(samples: list[dict], n: int) -> dict:
     return summary
 
 
-def evaluate(rollout_worker, problems: list[Problem], spec: MotifSpec, desc: str = "eval") -> tuple[dict, list[dict]]:
-    """Run `spec` on every problem; returns (summary, one record per sample)."""
-    import ray
-
+def evaluate(pool, problems: list[Problem], spec: MotifSpec, desc: str = "eval", key: tuple = ("eval",)) -> tuple[dict, list[dict]]:
+    """Run `spec` on every problem through the rollout pool; returns (summary, one record per sample). `key`
+    names the evaluation, which fixes its sampling seeds."""
     samples = []
     for start in tqdm(range(0, len(problems), QUESTIONS_PER_CALL), desc=desc, unit="batch", leave=False):
         batch = problems[start : start + QUESTIONS_PER_CALL]
-        trajectories = ray.get(rollout_worker.motif_rollout.remote([p.question for p in batch], spec))
+        pool.begin(*key, start)
+        trajectories = pool.motif_rollout([p.question for p in batch], spec)
         per_question = Counter()
         for t in trajectories:
             problem = batch[t.prompt_index]
@@ -118,10 +118,9 @@ def eval_problems(config: RunConfig) -> list[Problem]:
 
 def run_eval(config: RunConfig) -> dict:
     """`motif eval`: the model (and eval.adapter) on the eval dataset; writes samples.jsonl and summary.json."""
-    import ray
-
     from cluster.models import resolve_model
-    from cluster.workers import start_ray, start_rollout_worker
+    from cluster.workers import start_ray, start_rollout_pool
+    from rollout.records import AdapterPayload
 
     problems = eval_problems(config)
     model_path = resolve_model(config.model, config.data.toy)
@@ -129,13 +128,17 @@ def run_eval(config: RunConfig) -> dict:
         if config.reward.motivation else []
     spec = eval_spec(config, motif_spec(config, rewards))
     start_ray(config)
-    worker = start_rollout_worker(config, model_path)
+    pool = start_rollout_pool(config, model_path)
     try:
         if config.eval.adapter:
-            ray.get(worker.load_adapter.remote(str(Path(config.eval.adapter).resolve()), 1))
-        summary, samples = evaluate(worker, problems, spec)
+            folder = Path(config.eval.adapter)
+            if not (folder / "adapter_config.json").is_file():
+                raise FileNotFoundError(f"eval.adapter {folder}: no PEFT adapter (adapter_config.json) there")
+            payload = AdapterPayload.from_folder(1, folder)
+            pool.push(payload, payload.digest, 1)
+        summary, samples = evaluate(pool, problems, spec)
     finally:
-        ray.kill(worker)
+        pool.shutdown()
         for reward in rewards:
             reward.close()
     summary = {"model": model_path, "adapter": config.eval.adapter, "dataset": config.eval.path or config.data.path,

@@ -23,13 +23,20 @@ CONSOLE_FIELDS = [
 
 
 class MetricsLog:
-    def __init__(self, run_dir: Path, echo: bool = True):
+    """`metrics.jsonl` from byte `truncate_at` on: a fresh run starts it empty, a resumed run drops the lines
+    written after its checkpoint and goes on from there."""
+
+    def __init__(self, run_dir: Path, echo: bool = True, truncate_at: int = 0):
         self.path = run_dir / "metrics.jsonl"
-        self._file = self.path.open("a")
+        self._file = self.path.open("ab")
+        self._file.truncate(min(truncate_at, self.path.stat().st_size))
         self.echo = echo  # print a console line per step
 
+    def offset(self) -> int:
+        return self._file.tell()
+
     def log(self, step: int, metrics: dict) -> None:
-        self._file.write(json.dumps({"step": step, **metrics}) + "\n")
+        self._file.write((json.dumps({"step": step, **metrics}) + "\n").encode())
         self._file.flush()
         if not self.echo:
             return

@@ -1,4 +1,5 @@
-"""Ray and the actors a run starts: the local (or joined) Ray cluster and the vLLM rollout worker."""
+"""Ray and the actors a run starts: the local (or joined) cluster, one placement group holding the rollout
+workers and learner ranks, the vLLM rollout pool and the learner group."""
 
 from __future__ import annotations
 
@@ -6,6 +7,10 @@ import math
 import os
 
 from cluster.config import RunConfig
+
+
+def reward_model_cpus(config: RunConfig) -> float:
+    return sum(t.num_cpus for t in config.reward.components if t.name == "reward_model")
 
 
 def start_ray(config: RunConfig) -> None:
@@ -18,27 +23,121 @@ def start_ray(config: RunConfig) -> None:
     if config.cluster.address is None:
         # A local Ray offers at least the CPUs the run's actors ask for: on a small machine they take turns
         # on the real cores instead of waiting forever to be placed.
-        requested = config.rollout.num_cpus + config.cluster.learner_num_cpus + sum(
-            t.num_cpus for t in config.reward.components if t.name == "reward_model"
-        )
+        bundles = placement_bundles(config)[0]
+        requested = sum(b.get("CPU", 0) for b in bundles) + reward_model_cpus(config)
         num_cpus = max(os.cpu_count() or 1, math.ceil(requested))
     ray.init(address=config.cluster.address, num_cpus=num_cpus, runtime_env={"env_vars": env},
              include_dashboard=False, log_to_driver=True)
 
 
-def actor_threads() -> dict:
-    return {"env_vars": {"OMP_NUM_THREADS": str(os.cpu_count())}}
+def placement_bundles(config: RunConfig) -> tuple[list[dict[str, float]], list[int], list[int]]:
+    """The placement group's bundles, and the bundle of each rollout worker and of each learner rank.
+
+    "separate": one bundle per actor. "colocate": learner rank i shares bundle i with rollout worker i, which
+    holds both actors' resources (they take turns: synchronous training never runs both at once).
+    """
+    r, c, ranks = config.rollout, config.cluster, config.learner.num_ranks
+    worker_resources = {"CPU": r.num_cpus, "GPU": r.num_gpus}
+    rank_resources = {"CPU": c.learner_num_cpus, "GPU": c.learner_num_gpus}
+    if c.placement == "colocate":
+        count = max(r.num_workers, ranks)
+        workers, learners = list(range(r.num_workers)), list(range(ranks))
+    else:
+        count = r.num_workers + ranks
+        workers, learners = list(range(r.num_workers)), [r.num_workers + i for i in range(ranks)]
+    bundles = [{"CPU": 0.0, "GPU": 0.0} for _ in range(count)]
+    for index, resources in [(w, worker_resources) for w in workers] + [(l, rank_resources) for l in learners]:
+        for key, amount in resources.items():
+            bundles[index][key] += amount
+    return [{k: v for k, v in b.items() if v > 0} for b in bundles], workers, learners
 
 
-def start_rollout_worker(config: RunConfig, model_path: str):
+def reserve_placement(config: RunConfig):
+    """Create the run's placement group and wait for it; the error names what the cluster lacks."""
+    import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    bundles, workers, learners = placement_bundles(config)
+    wanted = {key: sum(b.get(key, 0) for b in bundles) for key in ("CPU", "GPU")}
+    have = ray.cluster_resources()
+    if wanted["GPU"] and not have.get("GPU") and config.cluster.address is None:
+        raise RuntimeError(
+            f"CUDA requested (rollout.num_gpus={config.rollout.num_gpus}, cluster.learner_num_gpus="
+            f"{config.cluster.learner_num_gpus}) but this machine has no GPU; set them to 0 to run on CPU")
+    group = placement_group(bundles, strategy="PACK")
+    try:
+        ray.get(group.ready(), timeout=config.cluster.ready_timeout_s)
+    except ray.exceptions.GetTimeoutError:
+        remove_placement_group(group)
+        raise RuntimeError(
+            f"the cluster could not place the run's actors within cluster.ready_timeout_s="
+            f"{config.cluster.ready_timeout_s:g}: they need {bundles} (in all CPU {wanted['CPU']:g}, GPU "
+            f"{wanted['GPU']:g}); the cluster has CPU {have.get('CPU', 0):g}, GPU {have.get('GPU', 0):g}, "
+            f"of which free: {ray.available_resources()}") from None
+    return group, workers, learners
+
+
+def in_bundle(group, index: int) -> dict:
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    return {"scheduling_strategy": PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=index)}
+
+
+def thread_count(config: RunConfig, num_cpus: float, sharing: int) -> int:
+    """Torch / OpenMP threads of one actor. A local run splits the machine's cores between the actors that run
+    at the same time (the rollout workers, or the learner ranks); on a cluster an actor gets its num_cpus."""
+    if config.cluster.address is None:
+        return max(1, (os.cpu_count() or 1) // sharing)
+    return max(1, int(num_cpus))
+
+
+def actor_threads(threads: int) -> dict:
+    return {"env_vars": {"OMP_NUM_THREADS": str(threads)}}
+
+
+def start_rollout_pool(config: RunConfig, model_path: str, group=None, bundles: list[int] | None = None):
+    """The rollout pool; inside `group` (worker i in bundle bundles[i]) when given."""
     from rollout.actor import RolloutWorker
+    from rollout.pool import RolloutPool
 
     r = config.rollout
-    return RolloutWorker.options(num_cpus=r.num_cpus, runtime_env=actor_threads()).remote(
-        model_path,
-        max_lora_rank=config.learner.lora_rank,
-        max_model_len=r.max_model_len,
-        kv_cache_bytes=r.kv_cache_mb << 20,
-        dtype=r.dtype,
-        seed=r.seed,
-    )
+    threads = thread_count(config, r.num_cpus, r.num_workers)
+
+    def make_worker(index: int):
+        placement = in_bundle(group, bundles[index]) if group is not None else {}
+        return RolloutWorker.options(
+            num_cpus=r.num_cpus, num_gpus=r.num_gpus, runtime_env=actor_threads(threads), **placement
+        ).remote(
+            model_path,
+            index,
+            max_lora_rank=config.learner.lora_rank,
+            max_model_len=r.max_model_len,
+            kv_cache_bytes=r.kv_cache_mb << 20,
+            dtype=r.dtype,
+            seed=r.seed,
+            tensor_parallel_size=r.tensor_parallel_size,
+            require_cuda=r.num_gpus > 0,
+        )
+
+    return RolloutPool(make_worker, r.num_workers, request_timeout_s=r.request_timeout_s, seed=r.seed)
+
+
+def start_learner_group(config: RunConfig, model_path: str, resume_hint: str, group=None, bundles: list[int] | None = None):
+    """`learner.num_ranks` learner actors forming one DeepSpeed group (rank i in bundle bundles[i])."""
+    import ray
+
+    from learner.actor import LearnerWorker
+    from learner.group import LearnerGroup, node_address
+
+    c, ranks = config.cluster, config.learner.num_ranks
+    placement = (lambda r: in_bundle(group, bundles[r])) if group is not None else (lambda r: {})
+    master = ray.get(node_address.options(**placement(0)).remote())
+    threads = c.learner_threads or thread_count(config, c.learner_num_cpus, ranks)
+
+    def make_rank(rank: int):
+        return LearnerWorker.options(
+            num_cpus=c.learner_num_cpus, num_gpus=c.learner_num_gpus, runtime_env=actor_threads(threads), **placement(rank)
+        ).remote(model_path, config.learner, temperature=config.rollout.temperature, num_threads=threads,
+                 rank=rank, world_size=ranks, master=master, use_cuda=c.learner_num_gpus > 0)
+
+    return LearnerGroup(make_rank, ranks, config.learner.mini_batch_size, config.learner.micro_batch_size, resume_hint)

@@ -15,6 +15,7 @@ from learner.config import LearnerConfig
 from learner.losses import POLICY_LOSSES, k3_kl
 from learner.policy import load_policy, pad_batch, token_logprobs
 from learner.records import SFTSample, TrainSample
+from rollout.records import AdapterPayload
 
 
 def free_port() -> int:
@@ -56,6 +57,17 @@ def deepspeed_config(config: LearnerConfig, bf16: bool) -> dict:
     }
 
 
+def write_files(target: Path, files: dict[str, bytes]) -> Path:
+    """A flat folder of `files`, swapped in atomically for `target`."""
+
+    def write(staging: Path) -> None:
+        staging.mkdir(parents=True)
+        for name, data in files.items():
+            (staging / name).write_bytes(data)
+
+    return replace_directory(target, write)
+
+
 def replace_directory(target: Path, write) -> Path:
     """Write a folder through `write(staging_path)`, then swap it in for `target`: a reader never sees a half
     folder, and an old `target` is only deleted once the new one is in place."""
@@ -73,9 +85,15 @@ def replace_directory(target: Path, write) -> Path:
 
 class GRPOLearner:
     """The one training stack: GRPO (LoRA; the reference policy is the same model, adapter off) and SFT (LoRA or
-    full) steps in a DeepSpeed engine, and the exports that vLLM loads."""
+    full) steps in a DeepSpeed engine, and the exports that vLLM loads.
 
-    def __init__(self, model_path: str, config: LearnerConfig, *, temperature: float = 1.0, num_threads: int | None = None):
+    One instance is one data-parallel rank: `world_size` instances that share `master` ("host:port") form one
+    DeepSpeed group (gloo on CPU, NCCL on GPU); `LearnerGroup` feeds them.
+    """
+
+    def __init__(self, model_path: str, config: LearnerConfig, *, temperature: float = 1.0,
+                 num_threads: int | None = None, rank: int = 0, world_size: int = 1, master: str | None = None,
+                 use_cuda: bool | None = None):
         import importlib
 
         import deepspeed
@@ -85,21 +103,29 @@ class GRPOLearner:
 
         config.validate()
         self.config, self.temperature, self.model_path = config, temperature, model_path
+        self.rank, self.world_size = rank, world_size
         if num_threads:
             torch.set_num_threads(num_threads)
         torch.manual_seed(config.seed)
-        cuda = torch.cuda.is_available()
+        cuda = torch.cuda.is_available() if use_cuda is None else use_cuda
+        if cuda and not torch.cuda.is_available():
+            raise RuntimeError(f"learner rank {rank}: cluster.learner_num_gpus > 0 but no CUDA device is visible; "
+                               "set it to 0 to train on CPU")
         self.device = torch.device("cuda", 0) if cuda else torch.device("cpu")
-        for key, value in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "RANK": "0",
-                           "LOCAL_RANK": "0", "WORLD_SIZE": "1"}.items():
-            os.environ.setdefault(key, value)
+        if master is None and world_size == 1:
+            master = f"127.0.0.1:{os.environ.get('MASTER_PORT') or free_port()}"
+        host, port = master.rsplit(":", 1)
+        os.environ.update(MASTER_ADDR=host, MASTER_PORT=port, RANK=str(rank), LOCAL_RANK="0",
+                          WORLD_SIZE=str(world_size))
         if not cuda:
-            # The shared-memory allreduce kernel only speeds up multi-rank CPU groups and costs a ~100 s
-            # JIT build on first use; gloo does the (single-rank) collectives fine without it.
+            # The shared-memory allreduce kernel costs a ~100 s JIT build on first use; gloo does the
+            # collectives without it.
             ds_torch_comm.build_shm_op = lambda: None
         deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo")
 
         model = load_policy(model_path, config, dtype=torch.bfloat16 if cuda else torch.float32)
+        if config.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         from transformers import AutoTokenizer
 
         self.pad_id = AutoTokenizer.from_pretrained(model_path).pad_token_id or 0
@@ -120,109 +146,189 @@ class GRPOLearner:
     def _logprobs(self, samples: Sequence[TrainSample], *, with_adapter: bool = True):
         ids, attention, mask = pad_batch(samples, self.pad_id, self.device)
         if with_adapter:
-            return token_logprobs(self.engine, ids, attention, self.temperature), mask
+            return token_logprobs(self.engine, ids, attention, self.temperature, self.config.logprob_chunk_tokens), mask
         with self.engine.module.disable_adapter():
-            return token_logprobs(self.engine.module, ids, attention, self.temperature), mask
+            return token_logprobs(self.engine.module, ids, attention, self.temperature,
+                                  self.config.logprob_chunk_tokens), mask
 
-    def _micro_batches(self, samples: Sequence):
+    def _idle_micro(self) -> None:
+        """A zero-loss forward and backward: a rank with no samples in a micro-batch still joins its collectives."""
+        ids = torch.full((1, 2), self.pad_id, dtype=torch.long, device=self.device)
+        loss = token_logprobs(self.engine, ids, torch.ones_like(ids), self.temperature).sum() * 0.0
+        self.engine.backward(loss, scale_wrt_gas=False)
+
+    def _micro_batches(self, samples: Sequence) -> list[list]:
         size = self.config.micro_batch_size
         return [list(samples[i : i + size]) for i in range(0, len(samples), size)]
 
-    def _update(self, mini: Sequence, micro_loss) -> tuple[dict[str, float], float | None]:
-        """One optimizer step on a mini-batch, accumulated over its micro-batches.
+    def _plan(self, samples: Sequence) -> list[tuple[list[list[int]], int]]:
+        """One rank alone: the batch as (micro-batches of indices, token count) per mini-batch."""
+        size = self.config.mini_batch_size
+        minis = [range(i, min(i + size, len(samples))) for i in range(0, len(samples), size)]
+        return [(self._micro_batches(m), sum(len(samples[i].completion_ids) for i in m)) for m in minis]
 
-        `micro_loss(micro, logprobs, mask)` gives per-token losses and extra per-token statistics; the loss is
-        a token mean over the whole mini-batch, however it is split. Returns the statistics' token sums and
-        the pre-clip gradient norm.
+    def _update(self, samples: list, micros: list[list[int]], mini_tokens: int, micro_loss) -> tuple[dict[str, float], float | None]:
+        """One optimizer step on this rank's share of a mini-batch, accumulated over its micro-batches (lists of
+        indices into `samples`).
+
+        `micro_loss(indices, logprobs, mask)` gives per-token losses and extra per-token statistics. The loss is a
+        token mean over the whole mini-batch on all ranks (`mini_tokens`), however it is split: DeepSpeed
+        averages gradients over ranks, so each rank's sum is scaled by the world size. An empty micro-batch
+        (padding, so that every rank makes the same calls) contributes nothing. Returns the statistics' token
+        sums on this rank and the pre-clip gradient norm.
         """
-        mini_tokens = max(sum(len(s.completion_ids) for s in mini), 1)
-        micros = self._micro_batches(mini)
+        mini_tokens = max(mini_tokens, 1)
         sums: dict[str, float] = {"loss": 0.0, "tokens": 0.0}
         grad_norm = None
         for i, micro in enumerate(micros):
-            logprobs, mask = self._logprobs(micro)
-            per_token, stats = micro_loss(micro, logprobs, mask)
-            loss = (per_token * mask).sum() / mini_tokens
             boundary = i == len(micros) - 1
             self.engine.set_gradient_accumulation_boundary(boundary)
-            self.engine.backward(loss, scale_wrt_gas=False)
+            if micro:
+                logprobs, mask = self._logprobs([samples[j] for j in micro])
+                per_token, stats = micro_loss(micro, logprobs, mask)
+                loss = (per_token * mask).sum() / mini_tokens
+                self.engine.backward(loss * self.world_size, scale_wrt_gas=False)
+                sums["loss"] += float(loss.detach()) * mini_tokens
+                sums["tokens"] += float(mask.sum())
+                for key, value in stats.items():
+                    sums[key] = sums.get(key, 0.0) + float((value.detach() * mask).sum())
+            else:
+                self._idle_micro()
             if boundary and self._plain_fp32:
                 grad_norm = self._local_grad_norm()
             self.engine.step()
-            sums["loss"] += float(loss.detach()) * mini_tokens
-            sums["tokens"] += float(mask.sum())
-            for key, value in stats.items():
-                sums[key] = sums.get(key, 0.0) + float((value.detach() * mask).sum())
         if not self._plain_fp32 and self.engine.get_global_grad_norm() is not None:
             grad_norm = float(self.engine.get_global_grad_norm())
         return sums, grad_norm
 
-    def score(self, samples: Sequence[TrainSample]) -> list[list[float]]:
-        """Each completion's per-token logprobs under the current policy (at the sampling temperature)."""
+    def _sample_logprobs(self, samples: Sequence, *, with_adapter: bool) -> dict[int, torch.Tensor]:
+        """Completion-token logprobs of each sample (by its index in `samples`), in eval mode (no dropout)."""
         self.engine.eval()
-        out = []
+        out: dict[int, torch.Tensor] = {}
         with torch.no_grad():
-            for micro in self._micro_batches(samples):
-                logprobs, mask = self._logprobs(micro)
-                out += [row[m.bool()].tolist() for row, m in zip(logprobs, mask)]
+            for start in range(0, len(samples), self.config.micro_batch_size):
+                micro = samples[start : start + self.config.micro_batch_size]
+                logprobs, mask = self._logprobs(micro, with_adapter=with_adapter)
+                for offset, (row, m) in enumerate(zip(logprobs, mask)):
+                    out[start + offset] = row[m.bool()]
+        self.engine.train()
         return out
 
-    def train_step(self, samples: Sequence[TrainSample]) -> dict[str, float]:
-        """One GRPO update pass over the batch: len(samples)/mini_batch_size optimizer steps."""
-        if not samples:
-            raise ValueError("train_step got an empty batch")
+    def score(self, samples: Sequence[TrainSample]) -> list[list[float]]:
+        """Each completion's per-token logprobs under the current policy (at the sampling temperature)."""
+        return [v.tolist() for _, v in sorted(self._sample_logprobs(list(samples), with_adapter=True).items())]
+
+    def train_step(self, samples: Sequence[TrainSample], plan: list[tuple[list[list[int]], int]] | None = None) -> dict[str, float]:
+        """One GRPO update pass over the batch: one optimizer step per mini-batch.
+
+        Alone, a rank splits `samples` itself. In a group, `plan` gives this rank's share of every mini-batch as
+        micro-batches of indices into `samples`, with the mini-batch's token count over all ranks.
+        """
         cfg = self.config
-        self.engine.train()
-        micros = self._micro_batches(samples)
-        with torch.no_grad():
-            old = iter([self._logprobs(mb)[0] for mb in micros])
-            # The reference pass only feeds the KL term.
-            ref = iter([self._logprobs(mb, with_adapter=False)[0] if cfg.kl_coef else None for mb in micros])
+        samples = list(samples)
+        if plan is None:
+            if not samples:
+                raise ValueError("train_step got an empty batch")
+            plan = self._plan(samples)
+        # Old logprobs: with one mini-batch the policy has not moved when each sample is scored, so the ratio
+        # is exactly 1 and no separate pass is needed.
+        old = self._sample_logprobs(samples, with_adapter=True) if len(plan) > 1 else None
+        ref = self._sample_logprobs(samples, with_adapter=False) if cfg.kl_coef else None
         policy_loss = POLICY_LOSSES[cfg.policy_loss]
 
-        def grpo_loss(micro, logprobs, mask):
-            old_lp, ref_lp = next(old), next(ref)
-            adv = torch.tensor([s.advantage for s in micro], dtype=torch.float32, device=self.device)[:, None]
+        def by_sample(table, indices, mask):
+            padded = torch.zeros_like(mask)
+            for row, index in enumerate(indices):
+                padded[row, mask[row].bool()] = table[index]
+            return padded
+
+        def grpo_loss(indices, logprobs, mask):
+            old_lp = logprobs.detach() if old is None else by_sample(old, indices, mask)
+            adv = torch.tensor([samples[i].advantage for i in indices], dtype=torch.float32, device=self.device)[:, None]
             per_token, clipped = policy_loss(logprobs, old_lp, adv, clip_low=cfg.clip_low, clip_high=cfg.clip_high)
-            if ref_lp is None:
+            if ref is None:
                 return per_token, {"clip_frac": clipped}
-            kl = k3_kl(logprobs, ref_lp)
+            kl = k3_kl(logprobs, by_sample(ref, indices, mask))
             return per_token + cfg.kl_coef * kl, {"kl": kl, "clip_frac": clipped}
 
-        return self._run_mini_batches(samples, grpo_loss)
+        return self._run_plan(samples, plan, grpo_loss)
 
     def sft_step(self, samples: Sequence[SFTSample]) -> dict[str, float]:
         """Supervised steps on (prompt, response) pairs: token-mean NLL of the response tokens, one optimizer
         step per mini-batch."""
         if not samples:
             raise ValueError("sft_step got an empty batch")
-        self.engine.train()
-        return self._run_mini_batches(samples, lambda micro, logprobs, mask: (-logprobs, {}))
+        samples = list(samples)
+        return self._run_plan(samples, self._plan(samples), lambda indices, logprobs, mask: (-logprobs, {}))
 
-    def _run_mini_batches(self, samples: Sequence, micro_loss) -> dict[str, float]:
+    def _run_plan(self, samples: list, plan, micro_loss) -> dict[str, float]:
+        self.engine.train()
         totals: dict[str, float] = {}
         grad_norms = []
-        starts = range(0, len(samples), self.config.mini_batch_size)
-        for start in starts:
-            sums, grad_norm = self._update(samples[start : start + self.config.mini_batch_size], micro_loss)
+        for micros, mini_tokens in plan:
+            sums, grad_norm = self._update(samples, micros, mini_tokens, micro_loss)
             for key, value in sums.items():
                 totals[key] = totals.get(key, 0.0) + value
             if grad_norm is not None:
                 grad_norms.append(grad_norm)
+        if self.world_size > 1:
+            totals = self._sum_over_ranks(totals)
         tokens = max(totals.pop("tokens"), 1.0)
         return {
             **{key: value / tokens for key, value in totals.items()},
             "grad_norm": max(grad_norms) if grad_norms else 0.0,
             "train_tokens": tokens,
-            "optimizer_steps": float(len(starts)),
+            "optimizer_steps": float(len(plan)),
             "learning_rate": float(self.engine.get_lr()[0]),
         }
 
+    def _sum_over_ranks(self, totals: dict[str, float]) -> dict[str, float]:
+        import torch.distributed as dist
+
+        keys = sorted(totals)
+        values = torch.tensor([totals[k] for k in keys], dtype=torch.float64, device=self.device)
+        dist.all_reduce(values)
+        return dict(zip(keys, values.tolist()))
+
+    def adapter_payload(self, version: int) -> tuple[str, AdapterPayload]:
+        """(digest, adapter bytes) for the object store. Under ZeRO-3 the LoRA shards are gathered first, so every
+        rank must call; rank 0's payload is the real one, the others are empty."""
+        import tempfile
+
+        import deepspeed
+
+        if self.config.finetune != "lora":
+            raise ValueError("adapter_payload needs learner.finetune: lora; use export_model")
+        lora = [p for p in self.engine.module.parameters() if p.requires_grad]
+        with deepspeed.zero.GatheredParameters(lora, enabled=self.config.zero_stage == 3), \
+                tempfile.TemporaryDirectory() as tmp:
+            if self.rank == 0:
+                self.engine.module.save_pretrained(tmp)
+            payload = AdapterPayload.from_folder(version, tmp)
+        return payload.digest, payload
+
     def export_adapter(self, path: str) -> str:
         """Write the adapter in PEFT format to `path`, atomically (a reader never sees a half adapter)."""
-        if self.config.finetune != "lora":
-            raise ValueError("export_adapter needs learner.finetune: lora; use export_model")
-        return str(replace_directory(Path(path), lambda p: self.engine.module.save_pretrained(str(p))))
+        _, payload = self.adapter_payload(0)
+        if self.rank == 0:
+            write_files(Path(path), payload.files)
+        return path
+
+    def save_checkpoint(self, folder: str) -> None:
+        """Adapter weights, optimizer and scheduler (DeepSpeed's own format, every rank its shard) and this rank's
+        RNG states into `folder`. Every rank must call."""
+        self.engine.save_checkpoint(folder, tag="learner", exclude_frozen_parameters=True)
+        state = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None}
+        torch.save(state, Path(folder) / f"rng-rank{self.rank}.pt")
+
+    def load_checkpoint(self, folder: str) -> None:
+        path, _ = self.engine.load_checkpoint(folder, tag="learner", load_module_strict=False)
+        if path is None:
+            raise FileNotFoundError(f"no learner checkpoint in {folder}")
+        state = torch.load(Path(folder) / f"rng-rank{self.rank}.pt", weights_only=False)
+        torch.set_rng_state(state["torch"])
+        if state["cuda"] is not None:
+            torch.cuda.set_rng_state_all(state["cuda"])
 
     def export_model(self, path: str) -> str:
         """Write a full model folder (LoRA merged into the weights) with its tokenizer, loadable by

@@ -21,6 +21,9 @@ class LearnerConfig:
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     zero_stage: int = 0
+    num_ranks: int = 1  # data-parallel ranks (Ray actors in one DeepSpeed group)
+    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~1/3 more compute
+    logprob_chunk_tokens: int = 1024  # positions per vocabulary-projection chunk when computing token logprobs
     # Samples per optimizer step; the rollout batch is split into batch/mini_batch_size updates.
     mini_batch_size: int = 8
     micro_batch_size: int = 4
@@ -41,8 +44,12 @@ class LearnerConfig:
             raise ValueError("learner.warmup_steps and learner.decay_steps must be >= 0, decay_steps above warmup_steps")
         if self.lora_rank < 1:
             raise ValueError(f"learner.lora_rank must be >= 1, got {self.lora_rank}")
-        if self.zero_stage not in (0, 1, 2):
-            raise ValueError(f"learner.zero_stage must be 0, 1 or 2, got {self.zero_stage}")
+        if self.zero_stage not in (0, 1, 2, 3):
+            raise ValueError(f"learner.zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}")
+        if self.logprob_chunk_tokens < 1:
+            raise ValueError(f"learner.logprob_chunk_tokens must be >= 1, got {self.logprob_chunk_tokens}")
+        if self.num_ranks < 1:
+            raise ValueError(f"learner.num_ranks must be >= 1, got {self.num_ranks}")
         if self.mini_batch_size < 1 or self.micro_batch_size < 1 or self.mini_batch_size % self.micro_batch_size:
             raise ValueError(
                 f"learner.mini_batch_size ({self.mini_batch_size}) must be a positive multiple of "

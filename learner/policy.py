@@ -49,8 +49,36 @@ def pad_batch(samples: Sequence[TrainSample], pad_id: int, device) -> tuple[torc
     return ids.to(device), attention.to(device), completion.to(device)
 
 
-def token_logprobs(model, ids: torch.Tensor, attention: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """log p(ids[:, t+1] | ids[:, :t+1]) under the sampling temperature, in float32."""
-    logits = model(input_ids=ids, attention_mask=attention).logits[:, :-1].float()
-    logprobs = torch.log_softmax(logits / temperature, dim=-1)
-    return logprobs.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+def _chunk_logprobs(head, hidden: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:
+    logits = head(hidden).float() / temperature
+    return logits.gather(-1, targets[:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+
+def token_logprobs(model, ids: torch.Tensor, attention: torch.Tensor, temperature: float = 1.0,
+                   chunk_tokens: int = 1024) -> torch.Tensor:
+    """log p(ids[:, t+1] | ids[:, :t+1]) under the sampling temperature, in float32.
+
+    The vocabulary projection runs `chunk_tokens` positions at a time from the final hidden states, so the
+    full [batch, length, vocab] logits never exist, in fp32 or at all; under autograd each chunk is
+    recomputed in backward instead of kept.
+    """
+    out = model(input_ids=ids, attention_mask=attention, output_hidden_states=True, logits_to_keep=1)
+    hidden = out.hidden_states[-1][:, :-1]
+    targets = ids[:, 1:]
+    flat_hidden, flat_targets = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1)
+    head = output_head(model)
+    parts = []
+    for start in range(0, flat_targets.numel(), chunk_tokens):
+        args = (head, flat_hidden[start : start + chunk_tokens], flat_targets[start : start + chunk_tokens], temperature)
+        if torch.is_grad_enabled():
+            parts.append(torch.utils.checkpoint.checkpoint(_chunk_logprobs, *args, use_reentrant=False))
+        else:
+            parts.append(_chunk_logprobs(*args))
+    return torch.cat(parts).view(targets.shape)
+
+
+def output_head(model):
+    """The vocabulary projection of a causal LM, through DeepSpeed and PEFT wrappers."""
+    while not hasattr(model, "get_output_embeddings"):
+        model = model.module
+    return model.get_output_embeddings()

@@ -8,6 +8,16 @@ from pathlib import Path
 from rollout.records import Completion, SamplingSpec
 
 PROMPT_TOO_LONG = "prompt_too_long"
+# The ranks vLLM has LoRA kernels for (vllm.config.lora.MaxLoRARanks); any other max_lora_rank fails at start-up.
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def vllm_lora_rank(rank: int) -> int:
+    """The smallest rank vLLM supports that holds an adapter of `rank`."""
+    for supported in VLLM_LORA_RANKS:
+        if supported >= rank:
+            return supported
+    raise ValueError(f"LoRA rank {rank} is above the largest rank vLLM supports ({VLLM_LORA_RANKS[-1]})")
 
 
 def chat_prompt_ids(tokenizer, messages: list[dict[str, str]]) -> list[int]:
@@ -30,7 +40,15 @@ class VLLMEngine:
         dtype: str = "auto",
         seed: int = 0,
         enforce_eager: bool = True,
+        tensor_parallel_size: int = 1,
+        require_cuda: bool = False,
     ):
+        if require_cuda:
+            import torch
+
+            if not torch.cuda.is_available():
+                raise RuntimeError("rollout.num_gpus > 0 but no CUDA device is visible to this rollout worker; "
+                                   "set rollout.num_gpus=0 to run vLLM on CPU")
         # In-process engine: starts in seconds instead of spawning a second process inside the actor.
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
@@ -40,20 +58,22 @@ class VLLMEngine:
         self.llm = LLM(
             model=model,
             enable_lora=True,
-            max_lora_rank=max_lora_rank,
+            max_lora_rank=vllm_lora_rank(max_lora_rank),
             max_loras=2,
             max_model_len=max_model_len,
             dtype=dtype,
             seed=seed,
             enforce_eager=enforce_eager,
+            tensor_parallel_size=tensor_parallel_size,
             **kwargs,
         )
         self.tokenizer = self.llm.get_tokenizer()
         self.max_model_len = max_model_len
         self.adapter_version = 0
+        self.adapter_digest = ""
         self._lora = None
 
-    def load_adapter(self, path: str | Path, version: int) -> None:
+    def load_adapter(self, path: str | Path, version: int, digest: str = "") -> None:
         """Serve the PEFT adapter at `path` as `version` from now on.
 
         Each version gets a fresh LoRA id: vLLM keeps serving the old weights if an id is reused with a
@@ -70,7 +90,7 @@ class VLLMEngine:
         engine.add_lora(request)
         if self._lora is not None:
             engine.remove_lora(self._lora.lora_int_id)
-        self._lora, self.adapter_version = request, version
+        self._lora, self.adapter_version, self.adapter_digest = request, version, digest
 
     def generate(
         self,
@@ -78,13 +98,23 @@ class VLLMEngine:
         spec: SamplingSpec,
         *,
         use_adapter: bool = True,
+        seed: int | None = None,
     ) -> list[list[Completion]]:
         """`spec.n` completions per conversation, in one batched call.
 
         A prompt that leaves no room to generate is not sent; its completions come back empty with
         finish_reason "prompt_too_long" so callers can count it and move on.
+
+        `seed` makes the call reproducible whatever the engine did before (a resumed run, a replacement
+        worker): vLLM samples unseeded requests from torch's global generator, and the prefix cache is
+        emptied so every prefill is computed the same way.
         """
+        import torch
         from vllm import SamplingParams, TokensPrompt
+
+        if seed is not None:
+            torch.manual_seed(seed)
+            self.llm.reset_prefix_cache()
 
         prompt_ids = [chat_prompt_ids(self.tokenizer, c) for c in conversations]
         runnable = [i for i, ids in enumerate(prompt_ids) if len(ids) < self.max_model_len]
@@ -101,6 +131,7 @@ class VLLMEngine:
         ]
         lora = self._lora if use_adapter else None
         version = self.adapter_version if lora is not None else 0
+        digest = self.adapter_digest if lora is not None else ""
         outputs = self.llm.generate(
             [TokensPrompt(prompt_token_ids=prompt_ids[i]) for i in runnable],
             params,
@@ -109,7 +140,7 @@ class VLLMEngine:
         ) if runnable else []
 
         results: list[list[Completion]] = [
-            [Completion(ids, [], "", [], PROMPT_TOO_LONG, version)] * spec.n for ids in prompt_ids
+            [Completion(ids, [], "", [], PROMPT_TOO_LONG, version, digest)] * spec.n for ids in prompt_ids
         ]
         for i, out in zip(runnable, outputs):
             results[i] = [
@@ -120,6 +151,7 @@ class VLLMEngine:
                     logprobs=[lp[t].logprob for t, lp in zip(o.token_ids, o.logprobs or [])],
                     finish_reason=o.finish_reason or "abort",
                     adapter_version=version,
+                    adapter_digest=digest,
                 )
                 for o in out.outputs
             ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 
@@ -24,6 +25,8 @@ class Completion:
     logprobs: list[float]  # sampling logprob of each completion token, as vLLM reports it
     finish_reason: str  # "stop" | "length" | "abort"
     adapter_version: int  # 0 = base model, v > 0 = adapter pushed as version v
+    adapter_digest: str = ""  # sha256 of the adapter files the worker loaded ("" = base model): attestation
+    worker: int = -1  # index of the rollout worker that generated it
 
 
 @dataclass
@@ -39,3 +42,24 @@ class MotifTrajectory:
     def final_texts(self) -> list[str]:
         """The last round's text of each chain (round 1's own text when R == 1)."""
         return [chain[-1].text for chain in self.chains] if self.chains else [self.first.text]
+
+
+@dataclass(frozen=True)
+class AdapterPayload:
+    """A PEFT adapter as bytes, so it can travel through Ray's object store to workers on any node."""
+
+    version: int
+    files: dict[str, bytes]  # file name -> contents of the adapter folder (flat)
+
+    @classmethod
+    def from_folder(cls, version: int, folder) -> AdapterPayload:
+        from pathlib import Path
+
+        return cls(version, {p.name: p.read_bytes() for p in Path(folder).iterdir() if p.is_file()})
+
+    @property
+    def digest(self) -> str:
+        h = hashlib.sha256()
+        for name in sorted(self.files):
+            h.update(name.encode() + b"\0" + len(self.files[name]).to_bytes(8, "little") + self.files[name])
+        return h.hexdigest()
