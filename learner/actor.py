@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -55,6 +56,15 @@ def deepspeed_config(config: LearnerConfig, bf16: bool) -> dict:
         "steps_per_print": 1 << 30,
         "wall_clock_breakdown": False,
     }
+
+
+def canonical_adapter_config(path: Path) -> None:
+    """PEFT writes target_modules in set order, which changes from process to process; sorted, the same weights
+    always make the same files, and so the same digest."""
+    config = json.loads(path.read_text())
+    if isinstance(config.get("target_modules"), list):
+        config["target_modules"] = sorted(config["target_modules"])
+    path.write_text(json.dumps(config, indent=2, sort_keys=True))
 
 
 def write_files(target: Path, files: dict[str, bytes]) -> Path:
@@ -145,16 +155,15 @@ class GRPOLearner:
 
     def _logprobs(self, samples: Sequence[TrainSample], *, with_adapter: bool = True):
         ids, attention, mask = pad_batch(samples, self.pad_id, self.device)
+        chunking = {"chunk_tokens": self.config.logprob_chunk_tokens, "recompute": self.config.zero_stage != 3}
         if with_adapter:
-            return token_logprobs(self.engine, ids, attention, self.temperature, self.config.logprob_chunk_tokens), mask
+            return token_logprobs(self.engine, ids, attention, self.temperature, **chunking), mask
         with self.engine.module.disable_adapter():
-            return token_logprobs(self.engine.module, ids, attention, self.temperature,
-                                  self.config.logprob_chunk_tokens), mask
+            return token_logprobs(self.engine.module, ids, attention, self.temperature, **chunking), mask
 
     def _idle_micro(self) -> None:
         """A zero-loss forward and backward: a rank with no samples in a micro-batch still joins its collectives."""
-        ids = torch.full((1, 2), self.pad_id, dtype=torch.long, device=self.device)
-        loss = token_logprobs(self.engine, ids, torch.ones_like(ids), self.temperature).sum() * 0.0
+        loss = self._logprobs([TrainSample([self.pad_id], [self.pad_id], 0.0)])[0].sum() * 0.0
         self.engine.backward(loss, scale_wrt_gas=False)
 
     def _micro_batches(self, samples: Sequence) -> list[list]:
@@ -304,6 +313,7 @@ class GRPOLearner:
                 tempfile.TemporaryDirectory() as tmp:
             if self.rank == 0:
                 self.engine.module.save_pretrained(tmp)
+                canonical_adapter_config(Path(tmp) / "adapter_config.json")
             payload = AdapterPayload.from_folder(version, tmp)
         return payload.digest, payload
 

@@ -55,12 +55,13 @@ def _chunk_logprobs(head, hidden: torch.Tensor, targets: torch.Tensor, temperatu
 
 
 def token_logprobs(model, ids: torch.Tensor, attention: torch.Tensor, temperature: float = 1.0,
-                   chunk_tokens: int = 1024) -> torch.Tensor:
+                   chunk_tokens: int = 1024, recompute: bool = True) -> torch.Tensor:
     """log p(ids[:, t+1] | ids[:, :t+1]) under the sampling temperature, in float32.
 
     The vocabulary projection runs `chunk_tokens` positions at a time from the final hidden states, so the
-    full [batch, length, vocab] logits never exist, in fp32 or at all; under autograd each chunk is
-    recomputed in backward instead of kept.
+    full [batch, length, vocab] logits never exist, in fp32 or at all. With `recompute`, under autograd each
+    chunk's logits are recomputed in backward instead of kept (not under ZeRO-3, whose partitioned head weight
+    differs between forward and a recomputation).
     """
     out = model(input_ids=ids, attention_mask=attention, output_hidden_states=True, logits_to_keep=1)
     hidden = out.hidden_states[-1][:, :-1]
@@ -70,7 +71,7 @@ def token_logprobs(model, ids: torch.Tensor, attention: torch.Tensor, temperatur
     parts = []
     for start in range(0, flat_targets.numel(), chunk_tokens):
         args = (head, flat_hidden[start : start + chunk_tokens], flat_targets[start : start + chunk_tokens], temperature)
-        if torch.is_grad_enabled():
+        if recompute and torch.is_grad_enabled():
             parts.append(torch.utils.checkpoint.checkpoint(_chunk_logprobs, *args, use_reentrant=False))
         else:
             parts.append(_chunk_logprobs(*args))

@@ -106,15 +106,16 @@ class RolloutPool:
                     submit(j, w)
         return results
 
-    def _replace(self, index: int, why: str) -> None:
+    def _replace(self, index: int, why: str, payload: ray.ObjectRef | None = None) -> None:
         from tqdm import tqdm
 
         tqdm.write(f"rollout worker {index} {why}; starting a replacement")
         ray.kill(self.workers[index], no_restart=True)
         worker = self.make_worker(index)
-        if self.payload is not None:
+        payload = payload or self.payload
+        if payload is not None:
             # Ordered before any request on this handle: the replacement serves the current version first.
-            worker.load_adapter_payload.remote(self.payload)
+            worker.load_adapter_payload.remote(payload)
         self.workers[index] = worker
         self._fresh.add(index)
         self.restarts += 1
@@ -125,18 +126,18 @@ class RolloutPool:
     def push(self, payload: AdapterPayload | ray.ObjectRef, digest: str, version: int) -> None:
         """Serve `payload` (bytes, or an object-store ref to them) on every worker; each must report loading
         exactly `digest`."""
-        self.payload = payload if isinstance(payload, ray.ObjectRef) else ray.put(payload)
-        self.version, self.digest = version, digest
-        loads = [w.load_adapter_payload.remote(self.payload) for w in self.workers]
+        ref = payload if isinstance(payload, ray.ObjectRef) else ray.put(payload)
+        loads = [w.load_adapter_payload.remote(ref) for w in self.workers]
         for index, load in enumerate(loads):
             try:
                 loaded = ray.get(load)
             except RayActorError:
-                self._replace(index, "died while loading the adapter")  # the replacement loads it first
+                self._replace(index, "died while loading the adapter", ref)  # the replacement loads it first
                 continue
             if loaded != digest:
                 raise RuntimeError(f"rollout worker {index} loaded adapter digest {loaded[:12]}, "
                                    f"not the {digest[:12]} sent for version {version}")
+        self.payload, self.version, self.digest = ref, version, digest
 
     def take_counters(self) -> dict[str, float]:
         """Restarts and retried requests since the last call (one step's worth)."""

@@ -40,3 +40,11 @@ def rollout_worker(ray_session, tiny_model):
     return RolloutWorker.options(num_cpus=1, runtime_env={"env_vars": {"OMP_NUM_THREADS": "2"}}).remote(
         tiny_model, max_lora_rank=8, max_model_len=512, kv_cache_bytes=32 << 20, seed=0, dtype="float32"
     )
+
+
+@pytest.fixture(scope="session")
+def rollout_pool(rollout_worker):
+    """The session's worker as a pool of one: the MOTIF protocol runs through the pool, as in training."""
+    from rollout.pool import RolloutPool
+
+    return RolloutPool(lambda index: rollout_worker, 1)

@@ -16,7 +16,8 @@ QUESTIONS = ["What is 12 + 30?", "Natalia sold 48 clips in April and half as man
 
 def sampled(ray, rollout_worker, n=2, max_tokens=16):
     groups = ray.get(rollout_worker.generate.remote(
-        [[{"role": "user", "content": q}] for q in QUESTIONS], SamplingSpec(n=n, temperature=1.0, max_tokens=max_tokens)))
+        [[{"role": "user", "content": q}] for q in QUESTIONS], SamplingSpec(n=n, temperature=1.0, max_tokens=max_tokens),
+        False))  # the base model, as the fresh learner holds it, whatever adapter other tests pushed
     return [c for group in groups for c in group]
 
 

@@ -10,10 +10,10 @@ from rollout.records import Completion, SamplingSpec
 QUESTIONS = ["What is 7 * 6?", "A train travels 60 miles in 2 hours. What is its speed?"]
 
 
-def test_fan_out_through_the_ray_actor(ray_session, rollout_worker):
+def test_fan_out_through_the_pool(ray_session, rollout_worker, rollout_pool):
     spec = MotifSpec(samples_per_prompt=3, continuations=2, rounds=3,
                      first_round=SamplingSpec(max_tokens=12), continuation=SamplingSpec(temperature=0.8, max_tokens=12))
-    trajectories = ray_session.get(rollout_worker.motif_rollout.remote(QUESTIONS, spec))
+    trajectories = rollout_pool.motif_rollout(QUESTIONS, spec)
     version = ray_session.get(rollout_worker.adapter_version.remote())
     B, m, k, R = len(QUESTIONS), 3, 2, 3
     assert len(trajectories) == B * m
@@ -32,10 +32,10 @@ def test_fan_out_through_the_ray_actor(ray_session, rollout_worker):
     assert distinct > 0
 
 
-def test_frozen_base_continuations_use_version_zero(ray_session, rollout_worker):
+def test_frozen_base_continuations_use_version_zero(rollout_pool):
     spec = MotifSpec(samples_per_prompt=2, continuations=2, rounds=2, continuation_policy="frozen_base",
                      first_round=SamplingSpec(max_tokens=8), continuation=SamplingSpec(max_tokens=8))
-    trajectories = ray_session.get(rollout_worker.motif_rollout.remote(QUESTIONS[:1], spec))
+    trajectories = rollout_pool.motif_rollout(QUESTIONS[:1], spec)
     assert all(c.adapter_version == 0 for t in trajectories for chain in t.chains for c in chain)
 
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from learner.actor import write_files
 from learner.config import LearnerConfig
 from learner.records import TrainSample
-from rollout.records import SamplingSpec
+from rollout.records import AdapterPayload, SamplingSpec
 
 QUESTIONS = ["What is 12 + 30?", "Natalia sold 48 clips in April and half as many in May.", "How many apples left?"]
 GREEDY = SamplingSpec(n=1, temperature=0.0, max_tokens=16)
@@ -39,10 +40,12 @@ def learner(ray_session, tiny_model):
     return LearnerWorker.options(num_cpus=1).remote(tiny_model, config, temperature=1.0, num_threads=2)
 
 
-def test_push_changes_outputs_and_matches_hf_peft(ray_session, rollout_worker, learner, tiny_model, tmp_path):
+def test_push_through_the_object_store_matches_hf_peft(ray_session, rollout_worker, rollout_pool, learner, tiny_model, tmp_path):
+    """The adapter travels as bytes: the learner writes nothing the worker could read (its export folder is a
+    temporary one, gone when the payload is made), and the worker serves exactly the pushed weights."""
     ray = ray_session
     base = [c[0] for c in ray.get(rollout_worker.generate.remote(conversations(), GREEDY))]
-    assert all(c.adapter_version == 0 for c in base)
+    assert all(c.adapter_version == 0 and c.adapter_digest == "" for c in base)
 
     sampled = ray.get(rollout_worker.generate.remote(conversations(), SamplingSpec(n=2, temperature=1.0, max_tokens=16)))
     batch = [
@@ -53,13 +56,18 @@ def test_push_changes_outputs_and_matches_hf_peft(ray_session, rollout_worker, l
     assert metrics["grad_norm"] > 0 and metrics["optimizer_steps"] == 1
 
     version = ray.get(rollout_worker.adapter_version.remote()) + 1
-    adapter = ray.get(learner.export_adapter.remote(str(tmp_path / f"v{version}")))
-    assert ray.get(rollout_worker.load_adapter.remote(adapter, version)) == version
+    digest, payload = learner.adapter_payload.options(num_returns=2).remote(version)
+    digest = ray.get(digest)
+    rollout_pool.push(payload, digest, version)
     pushed = [c[0] for c in ray.get(rollout_worker.generate.remote(conversations(), GREEDY))]
 
-    assert all(c.adapter_version == version for c in pushed)
+    assert all(c.adapter_version == version and c.adapter_digest == digest for c in pushed)
     assert [c.completion_ids for c in pushed] != [c.completion_ids for c in base], "the update changed nothing"
-    reference = hf_peft_greedy(tiny_model, adapter, [c.prompt_ids for c in pushed], GREEDY.max_tokens)
+    # The oracle loads the same bytes into HF + PEFT from a folder of the test's own.
+    files = ray.get(payload)
+    assert files.digest == digest and "adapter_config.json" in files.files
+    write_files(tmp_path / "adapter", files.files)
+    reference = hf_peft_greedy(tiny_model, str(tmp_path / "adapter"), [c.prompt_ids for c in pushed], GREEDY.max_tokens)
     assert [c.completion_ids for c in pushed] == reference
 
     # The base model stays reachable with the adapter off (continuation_policy: frozen_base).
@@ -68,11 +76,17 @@ def test_push_changes_outputs_and_matches_hf_peft(ray_session, rollout_worker, l
     assert all(c.adapter_version == 0 for c in frozen)
 
 
-def test_rejects_stale_version_and_missing_adapter(ray_session, rollout_worker, tmp_path):
+def test_push_rejects_stale_versions_bad_payloads_and_wrong_digests(ray_session, rollout_worker, rollout_pool):
     ray = ray_session
     current = ray.get(rollout_worker.adapter_version.remote())
-    with pytest.raises(ray.exceptions.RayTaskError, match="must increase|no PEFT adapter"):
-        ray.get(rollout_worker.load_adapter.remote(str(tmp_path), max(current, 1)))
     with pytest.raises(ray.exceptions.RayTaskError, match="no PEFT adapter"):
-        ray.get(rollout_worker.load_adapter.remote(str(tmp_path / "missing"), current + 100))
+        rollout_pool.push(AdapterPayload(current + 100, {"README.md": b"not an adapter"}), "x", current + 100)
     assert ray.get(rollout_worker.adapter_version.remote()) == current
+    if current:
+        # Re-sending what is served under a version that does not increase is refused by the engine.
+        with pytest.raises(ray.exceptions.RayTaskError, match="must increase"):
+            rollout_pool.push(rollout_pool.payload, rollout_pool.digest, current)
+        # A worker that reports another digest than the one sent fails the push loudly.
+        with pytest.raises(RuntimeError, match="digest"):
+            rollout_pool.push(AdapterPayload(current + 1, ray.get(rollout_pool.payload).files), "0" * 64, current + 1)
+    assert ray.get(rollout_worker.pid.remote()) > 0

@@ -208,14 +208,13 @@ def test_motivation_text_follows_the_configured_rewards(user_file):
     assert motif_spec(off, build_rewards(off.reward.components, "reasoning_progress")).system_prompt == SYSTEM_PROMPT
 
 
-def test_motivation_reaches_the_model_prompt(rollout_worker, tiny_model):
-    import ray
+def test_motivation_reaches_the_model_prompt(rollout_pool, tiny_model):
     from transformers import AutoTokenizer
 
     config = load_config("cluster/configs/demo.yaml", ["reward.motivation=true", "rollout.rounds=1"])
     rewards = build_rewards(config.reward.components, "reasoning_answer")
     spec = motif_spec(config, rewards)
     spec = dataclasses.replace(spec, first_round=SamplingSpec(max_tokens=2), samples_per_prompt=2)
-    (trajectory, _) = ray.get(rollout_worker.motif_rollout.remote(["What is 2+2?"], spec))
+    (trajectory, _) = rollout_pool.motif_rollout(["What is 2+2?"], spec)
     prompt = AutoTokenizer.from_pretrained(tiny_model).decode(trajectory.first.prompt_ids)
     assert motivation_text(rewards) in prompt
