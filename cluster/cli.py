@@ -69,11 +69,12 @@ def main(argv: list[str] | None = None) -> int:
         run_eval(config)
     else:
         from cluster.driver import train
+        from cluster.workers import PlacementError
         from learner.group import LearnerDied
 
         try:
             train(config, resume=args.resume)
-        except (LearnerDied, FileNotFoundError) as e:
+        except (LearnerDied, PlacementError, FileNotFoundError) as e:
             print(f"motif: {e}", file=sys.stderr)
             return 1
     return 0

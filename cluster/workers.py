@@ -9,6 +9,10 @@ import os
 from cluster.config import RunConfig
 
 
+class PlacementError(RuntimeError):
+    """The cluster cannot give the run the resources its config asks for."""
+
+
 def reward_model_cpus(config: RunConfig) -> float:
     return sum(t.num_cpus for t in config.reward.components if t.name == "reward_model")
 
@@ -61,7 +65,7 @@ def reserve_placement(config: RunConfig):
     wanted = {key: sum(b.get(key, 0) for b in bundles) for key in ("CPU", "GPU")}
     have = ray.cluster_resources()
     if wanted["GPU"] and not have.get("GPU") and config.cluster.address is None:
-        raise RuntimeError(
+        raise PlacementError(
             f"CUDA requested (rollout.num_gpus={config.rollout.num_gpus}, cluster.learner_num_gpus="
             f"{config.cluster.learner_num_gpus}) but this machine has no GPU; set them to 0 to run on CPU")
     group = placement_group(bundles, strategy="PACK")
@@ -69,7 +73,7 @@ def reserve_placement(config: RunConfig):
         ray.get(group.ready(), timeout=config.cluster.ready_timeout_s)
     except ray.exceptions.GetTimeoutError:
         remove_placement_group(group)
-        raise RuntimeError(
+        raise PlacementError(
             f"the cluster could not place the run's actors within cluster.ready_timeout_s="
             f"{config.cluster.ready_timeout_s:g}: they need {bundles} (in all CPU {wanted['CPU']:g}, GPU "
             f"{wanted['GPU']:g}); the cluster has CPU {have.get('CPU', 0):g}, GPU {have.get('GPU', 0):g}, "

@@ -123,31 +123,46 @@ def _reward_model(term: RewardTerm, response_format: str) -> Reward:
 
     from rewards.reward_model import RewardModelWorker
 
-    worker = RewardModelWorker.options(num_cpus=term.num_cpus, num_gpus=term.num_gpus, max_restarts=1).remote(
-        term.model, batch_size=term.batch_size, max_length=term.max_length
-    )
-    try:
-        # Fails here, not at the first step, when the model cannot load or the cluster cannot place the actor.
-        ray.get(worker.__ray_ready__.remote(), timeout=REWARD_MODEL_START_TIMEOUT_S)
-    except ray.exceptions.GetTimeoutError:
-        ray.kill(worker)
-        raise RuntimeError(
-            f"reward model actor for {term.model} did not start within {REWARD_MODEL_START_TIMEOUT_S:.0f} s: "
-            f"the cluster cannot place num_cpus={term.num_cpus}, num_gpus={term.num_gpus} "
-            f"(available: {ray.available_resources()})"
-        ) from None
+    def start():
+        worker = RewardModelWorker.options(num_cpus=term.num_cpus, num_gpus=term.num_gpus).remote(
+            term.model, batch_size=term.batch_size, max_length=term.max_length
+        )
+        try:
+            # Fails here, not at the first step, when the model cannot load or the cluster cannot place the actor.
+            ray.get(worker.__ray_ready__.remote(), timeout=REWARD_MODEL_START_TIMEOUT_S)
+        except ray.exceptions.GetTimeoutError:
+            ray.kill(worker)
+            raise RuntimeError(
+                f"reward model actor for {term.model} did not start within {REWARD_MODEL_START_TIMEOUT_S:.0f} s: "
+                f"the cluster cannot place num_cpus={term.num_cpus}, num_gpus={term.num_gpus} "
+                f"(available: {ray.available_resources()})"
+            ) from None
+        return worker
+
+    actor = [start()]
 
     def score(samples: Sequence[RewardSample]) -> RewardScores:
+        """A dead or hung actor is replaced and the batch sent again once; a second failure fails the batch."""
         questions = [s.question for s in samples for _ in s.finals]
         finals = [f for s in samples for f in s.finals]
-        values = ray.get(worker.score.remote(questions, finals), timeout=term.timeout_s or REWARD_MODEL_TIMEOUT_S)
-        return RewardScores(mean_per_group(values, [s.finals for s in samples]))
+        counts = Counter()
+        for attempt in range(2):
+            try:
+                values = ray.get(actor[0].score.remote(questions, finals), timeout=term.timeout_s or REWARD_MODEL_TIMEOUT_S)
+                break
+            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+                if attempt:
+                    raise
+                ray.kill(actor[0], no_restart=True)
+                actor[0] = start()
+                counts["actor_restarts"] += 1
+        return RewardScores(mean_per_group(values, [s.finals for s in samples]), counts)
 
     return Reward(
         "reward_model", term.weight,
         term.description or "a learned reward model's score of the final answer for the question, judged "
         "without the reasoning; higher is better.",
-        score, close=lambda: ray.kill(worker),
+        score, close=lambda: ray.kill(actor[0]),
     )
 
 

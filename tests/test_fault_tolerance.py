@@ -17,15 +17,16 @@ from tests.conftest import REPO
 B, M, K = 2, 4, 2  # tests/configs/smoke.yaml
 
 
-def busy_rollout_worker(timeout_s: float) -> int | None:
-    """PID of a rollout worker in the middle of a `generate` call (Ray titles the process after the method)."""
+def process_titled(prefix: bytes, timeout_s: float) -> int | None:
+    """PID of a process whose title starts with `prefix`: Ray titles an actor's process `ray::Class`, and
+    `ray::Class.method` while it runs that method."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         for entry in os.listdir("/proc"):
             if entry.isdigit():
                 try:
                     with open(f"/proc/{entry}/cmdline", "rb") as f:
-                        if f.read().startswith(b"ray::RolloutWorker.generate"):
+                        if f.read().startswith(prefix):
                             return int(entry)
                 except OSError:
                     continue
@@ -33,24 +34,30 @@ def busy_rollout_worker(timeout_s: float) -> int | None:
     return None
 
 
-def test_kill_a_rollout_worker_mid_round_and_the_run_completes(tmp_path):
-    run_dir = tmp_path / "run"
+def start_run(run_dir, tmp_path, *overrides) -> subprocess.Popen:
+    """`motif train` in the background, returned once its first step is logged."""
     cmd = [sys.executable, "-m", "cluster.cli", "train", "--config", "tests/configs/smoke.yaml", f"output_dir={run_dir}",
-           f"model.tiny_model_dir={tmp_path / 'tiny'}", "steps=3", "rollout.num_workers=2", "rollout.max_tokens=96"]
+           f"model.tiny_model_dir={tmp_path / 'tiny'}", *overrides]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "HF_HUB_OFFLINE": "1"})
     metrics = run_dir / "metrics.jsonl"
     deadline = time.monotonic() + 600
     while not (metrics.exists() and metrics.read_text().strip()) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.1)
-    victim = busy_rollout_worker(timeout_s=120)  # a round of step 2 is running
+    return proc
+
+
+def test_kill_a_rollout_worker_mid_round_and_the_run_completes(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = start_run(run_dir, tmp_path, "steps=3", "rollout.num_workers=2", "rollout.max_tokens=96")
+    victim = process_titled(b"ray::RolloutWorker.generate", timeout_s=120)  # a round of step 2 is running
     assert victim is not None, "no rollout worker was seen generating"
     os.kill(victim, signal.SIGKILL)
     output, _ = proc.communicate(timeout=900)
     assert proc.returncode == 0, output[-4000:]
     assert "starting a replacement" in output
 
-    lines = [json.loads(line) for line in metrics.read_text().splitlines()]
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in lines] == [1, 2, 3]
     assert sum(m["rollout/worker_restarts"] for m in lines) == 1
     assert sum(m["rollout/retried_requests"] for m in lines) >= 1
@@ -61,6 +68,17 @@ def test_kill_a_rollout_worker_mid_round_and_the_run_completes(tmp_path):
         assert all(len(s["finals"]) == K for s in samples)
         assert {s["adapter_version"] for s in samples} == {m["step"] - 1}
     assert {s["worker"] for s in samples} == {0, 1}
+
+
+def test_a_dead_learner_stops_the_run_and_names_the_resume_command(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = start_run(run_dir, tmp_path, "steps=20", "checkpoint.every=1")
+    victim = process_titled(b"ray::GRPOLearner", timeout_s=60)
+    assert victim is not None, "no learner process found"
+    os.kill(victim, signal.SIGKILL)
+    output, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 1, output[-3000:]
+    assert "learner rank died" in output and f"motif train --config {run_dir / 'config.yaml'} --resume auto" in output
 
 
 def test_a_hung_worker_is_replaced_and_its_requests_retried(ray_session, tiny_model):

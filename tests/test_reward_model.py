@@ -3,7 +3,10 @@ prefer one kind of answer ranks held-out answers that way through the Ray actor,
 
 from __future__ import annotations
 
+import contextlib
+import os
 import random
+import signal
 
 import pytest
 import torch
@@ -121,5 +124,20 @@ def test_registry_reward_model_scores_answers_without_thinking(ray_session, trai
         assert values[3] == pytest.approx(values[0], abs=1e-5)
         assert values[4] == pytest.approx((values[0] + values[1]) / 2, abs=1e-5)
         assert metrics["reward/reward_model"] == pytest.approx(sum(values) / 5)
+
+        # The actor killed from outside: replaced, the batch scored again, the restart counted.
+        os.kill(reward_model_pid(), signal.SIGKILL)
+        again, metrics = score_samples([reward], samples)
+        assert again == pytest.approx(totals, abs=1e-5)
+        assert metrics["reward/reward_model/actor_restarts"] == 1
     finally:
         reward.close()
+
+
+def reward_model_pid() -> int:
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError), open(f"/proc/{entry}/cmdline", "rb") as f:
+                if f.read().startswith(b"ray::RewardModelScorer"):
+                    return int(entry)
+    raise AssertionError("no reward model actor process")

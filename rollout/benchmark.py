@@ -1,0 +1,136 @@
+"""Rollout pool overhead and adapter push cost.
+
+    python -m rollout.benchmark [--prompts 64 --n 4 --max-tokens 64 --repeats 3 --steps 4]
+
+1. The same requests through bare vLLM (an `LLM` in a Ray actor, token prompts, one `generate`) and through the
+   rollout pool with 1 and 2 workers: tokens/s and the pool's share of bare throughput.
+2. A short `motif train` (tests/configs/smoke.yaml): time spent pushing the adapter as a share of step time.
+
+Prints a JSON line and a short table; compare figures from one run (shared machines are noisy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import ray
+
+REPO = Path(__file__).resolve().parents[1]
+ENGINE = {"max_model_len": 512, "dtype": "float32", "seed": 0, "enforce_eager": True}
+
+
+@ray.remote
+class BareVLLM:
+    def __init__(self, model: str):
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        from vllm import LLM
+
+        self.llm = LLM(model=model, kv_cache_memory_bytes=64 << 20, **ENGINE)
+
+    def generate(self, prompt_ids: list[list[int]], n: int, max_tokens: int) -> int:
+        from vllm import SamplingParams, TokensPrompt
+
+        params = SamplingParams(n=n, temperature=1.0, max_tokens=max_tokens, ignore_eos=True)
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompt_ids], params, use_tqdm=False)
+        return sum(len(o.token_ids) for out in outputs for o in out.outputs)
+
+
+def workload(model: str, prompts: int):
+    from transformers import AutoTokenizer
+
+    from rollout.engine import chat_prompt_ids
+
+    conversations = [[{"role": "user", "content": f"Question {i}: what is {i} times {i + 3}? Think step by step."}]
+                     for i in range(prompts)]
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    return conversations, [chat_prompt_ids(tokenizer, c) for c in conversations]
+
+
+def timed(call, repeats: int) -> tuple[float, int]:
+    call()  # warm-up
+    start, tokens = time.perf_counter(), 0
+    for _ in range(repeats):
+        tokens += call()
+    return tokens / (time.perf_counter() - start), tokens
+
+
+def pool_throughput(model: str, workers: int, conversations, spec, repeats: int) -> float:
+    from cluster.config import load_config
+    from cluster.workers import start_rollout_pool
+
+    config = load_config(REPO / "tests/configs/smoke.yaml", [f"rollout.num_workers={workers}", "rollout.kv_cache_mb=64",
+                                                               f"rollout.max_model_len={ENGINE['max_model_len']}"])
+    pool = start_rollout_pool(config, model)
+    pool.wait_ready(600)
+
+    def call() -> int:
+        pool.begin("bench", time.monotonic())
+        return sum(len(c.completion_ids) for group in pool.generate(conversations, spec) for c in group)
+
+    rate, _ = timed(call, repeats)
+    pool.shutdown()
+    return rate
+
+
+def push_share(steps: int) -> dict:
+    from cluster.config import load_config
+    from cluster.driver import train
+
+    with tempfile.TemporaryDirectory() as tmp:
+        config = load_config(REPO / "tests/configs/smoke.yaml", [f"steps={steps}", f"output_dir={tmp}/run",
+                                                                   f"model.tiny_model_dir={tmp}/tiny"])
+        run_dir = train(config)
+        lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()][1:]  # warm step out
+    phases = ("time_rollout", "time_reward", "time_learn", "time_sync")
+    step_s = sum(sum(m[p] for p in phases) for m in lines) / len(lines)
+    sync_s = sum(m["time_sync"] for m in lines) / len(lines)
+    return {"push_s": sync_s, "step_s": step_s, "push_share": sync_s / step_s}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--prompts", type=int, default=64)
+    parser.add_argument("--n", type=int, default=4)
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=4)
+    args = parser.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+    from learner.tiny_model import build_tiny_model
+    from rollout.records import SamplingSpec
+
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        model = str(build_tiny_model(Path(tmp) / "model"))
+        conversations, prompt_ids = workload(model, args.prompts)
+        cores = os.cpu_count() or 1  # what the pool gives a single worker
+        env = {"OMP_NUM_THREADS": str(cores), "VLLM_CPU_OMP_THREADS_BIND": f"0-{cores - 1}"}
+        bare = BareVLLM.options(num_cpus=1, runtime_env={"env_vars": env}).remote(model)
+        bare_rate, _ = timed(lambda: ray.get(bare.generate.remote(prompt_ids, args.n, args.max_tokens)), args.repeats)
+        ray.kill(bare)
+        # ignore_eos is not a rollout setting: the bare engine runs to max_tokens, so rates are per token.
+        spec = SamplingSpec(n=args.n, temperature=1.0, max_tokens=args.max_tokens)
+        pool_rates = {w: pool_throughput(model, w, conversations, spec, args.repeats) for w in (1, 2)}
+    ray.shutdown()
+    result = {
+        "requests": args.prompts, "n": args.n, "max_tokens": args.max_tokens,
+        "bare_tokens_per_s": bare_rate, "pool1_tokens_per_s": pool_rates[1], "pool2_tokens_per_s": pool_rates[2],
+        "pool1_vs_bare": pool_rates[1] / bare_rate, "pool2_vs_pool1": pool_rates[2] / pool_rates[1],
+        **push_share(args.steps),
+    }
+    print(json.dumps(result))
+    print(f"{'engine':<16}{'tokens/s':>10}{'vs bare':>10}")
+    for name, rate in (("bare vLLM", bare_rate), ("pool, 1 worker", pool_rates[1]), ("pool, 2 workers", pool_rates[2])):
+        print(f"{name:<16}{rate:>10.0f}{rate / bare_rate:>10.2f}")
+    print(f"adapter push: {result['push_s'] * 1000:.0f} ms of a {result['step_s']:.2f} s step "
+          f"({100 * result['push_share']:.1f}%)")
+
+
+if __name__ == "__main__":
+    main()
