@@ -24,7 +24,7 @@ from learner.actor import write_files
 from learner.losses import ADVANTAGE_ESTIMATORS
 from learner.records import TrainSample
 from rewards import RewardSample, build_rewards, score_samples
-from rollout.engine import PROMPT_TOO_LONG
+from rollout.engine import ABORTED, PROMPT_TOO_LONG
 from rollout.protocols import MotifSpec, motif_response_format
 from rollout.records import AdapterPayload, MotifTrajectory
 
@@ -79,8 +79,10 @@ class HeldOutEval:
         return bool(self.every) and (step % self.every == 0 or step == last)
 
     def run(self, step: int) -> dict:
+        # Every evaluation samples under the same seeds: the difference between two reflects the model more
+        # than the dice.
         t0 = time.perf_counter()
-        summary, samples = evaluate(self.pool, self.problems, self.spec, desc=f"eval step {step}", key=("eval", step))
+        summary, samples = evaluate(self.pool, self.problems, self.spec, desc=f"eval step {step}", key=("eval",))
         write_eval(self.folder / f"step-{step}", summary, samples)
         self.history.append((step, summary["pass@1"]))
         n = summary["n"]
@@ -196,21 +198,22 @@ def train(config: RunConfig, resume: str | None = None) -> Path:
             run.pool.begin("train", step)
             sampled = run.pool.motif_rollout([p.question for p in batch], spec)
             t1 = time.perf_counter()
-            # Attestation: only samples generated under the adapter just pushed are trained on.
-            trajectories = [t for t in sampled if t.first.adapter_digest == run.pool.digest]
-            totals, reward_metrics = score_samples(rewards, reward_samples(trajectories, batch, spec))
-            advantages = estimator(
-                totals, [t.prompt_index for t in trajectories], norm_by_std=config.learner.norm_adv_by_std
-            ).tolist()
-            write_samples(run_dir / "samples" / f"step-{step}.jsonl", step, batch, trajectories, totals, advantages)
-            samples = [
-                TrainSample(t.first.prompt_ids, t.first.completion_ids, a)
-                for t, a in zip(trajectories, advantages)
-                if t.first.completion_ids
-            ]
+            # Attestation: only samples generated under the adapter just pushed are trained on. Samples whose
+            # generation failed every retry are left out of the step too (counted as rollout/failed_requests).
+            finished = [t for t in sampled if t.first.finish_reason != ABORTED]
+            trajectories = [t for t in finished if t.first.adapter_digest == run.pool.digest]
+            metrics = {**run.pool.take_counters(), "rollout/stale_dropped": float(len(finished) - len(trajectories))}
+            samples = []
+            if trajectories:
+                totals, reward_metrics = score_samples(rewards, reward_samples(trajectories, batch, spec))
+                advantages = estimator(
+                    totals, [t.prompt_index for t in trajectories], norm_by_std=config.learner.norm_adv_by_std
+                ).tolist()
+                write_samples(run_dir / "samples" / f"step-{step}.jsonl", step, batch, trajectories, totals, advantages)
+                samples = [TrainSample(t.first.prompt_ids, t.first.completion_ids, a)
+                           for t, a in zip(trajectories, advantages) if t.first.completion_ids]
+                metrics.update({**reward_metrics, **rollout_stats(trajectories)})
             t2 = time.perf_counter()
-            metrics = {**reward_metrics, **rollout_stats(trajectories), **run.pool.take_counters(),
-                       "rollout/stale_dropped": float(len(sampled) - len(trajectories))}
             if samples:
                 metrics.update(run.learner.train_step(samples))
                 t3 = time.perf_counter()
@@ -218,8 +221,10 @@ def train(config: RunConfig, resume: str | None = None) -> Path:
                 run.push(version)
                 metrics.update(time_learn=t3 - t2, time_sync=time.perf_counter() - t3)
             else:
-                # Every prompt of the batch was too long to sample from: nothing to learn, the run goes on.
-                tqdm.write(f"step {step}: skipped, all {len(batch)} prompts exceed rollout.max_model_len")
+                # Nothing to learn from (every prompt too long, or every generation failed): the run goes on.
+                why = (f"all {len(batch)} prompts exceed rollout.max_model_len" if trajectories else
+                       f"no usable sample ({len(sampled) - len(finished)} failed, {len(finished)} stale)")
+                tqdm.write(f"step {step}: skipped, {why}")
                 metrics["skipped_step"] = 1.0
             metrics.update(adapter_version=version, time_rollout=t1 - t0, time_reward=t2 - t1)
             if held_out.due(step, config.steps):

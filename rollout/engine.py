@@ -8,6 +8,7 @@ from pathlib import Path
 from rollout.records import Completion, SamplingSpec
 
 PROMPT_TOO_LONG = "prompt_too_long"
+ABORTED = "abort"  # generation did not finish: vLLM aborted it, or its worker failed every retry
 # The ranks vLLM has LoRA kernels for (vllm.config.lora.MaxLoRARanks); any other max_lora_rank fails at start-up.
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
@@ -149,7 +150,7 @@ class VLLMEngine:
                     completion_ids=list(o.token_ids),
                     text=o.text,
                     logprobs=[lp[t].logprob for t, lp in zip(o.token_ids, o.logprobs or [])],
-                    finish_reason=o.finish_reason or "abort",
+                    finish_reason=o.finish_reason or ABORTED,
                     adapter_version=version,
                     adapter_digest=digest,
                 )

@@ -14,11 +14,15 @@ from collections.abc import Callable, Sequence
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError
 
+from rollout.engine import ABORTED
 from rollout.protocols import MotifSpec, motif_rollout
 from rollout.records import AdapterPayload, Completion, MotifTrajectory, SamplingSpec
 
 # A worker's first call waits for its engine to start (model load, KV cache) on top of the request itself.
 STARTUP_GRACE_S = 600.0
+# Tries of one shard of requests, each on a fresh worker after a failure; then its requests come back aborted
+# (empty, finish_reason "abort": scored, never trained on) and the step goes on.
+MAX_ATTEMPTS = 3
 
 
 def balance(costs: Sequence[float], bins: int) -> list[list[int]]:
@@ -46,7 +50,7 @@ class RolloutPool:
         self.workers = [make_worker(i) for i in range(num_workers)]
         self.payload: ray.ObjectRef | None = None  # the adapter every worker serves, for replacements
         self.version, self.digest = 0, ""
-        self.restarts = self.retried_requests = 0
+        self.restarts = self.retried_requests = self.failed_requests = 0
         self._fresh = set(range(num_workers))  # workers whose engine may still be starting
         self._round, self._calls = ("start",), 0
 
@@ -74,11 +78,26 @@ class RolloutPool:
         seeds = [shard_seed(self.seed, *self._round, self._calls, j) for j in range(len(shards))]
         results: list[list[Completion] | None] = [None] * len(conversations)
         pending = {}  # ref -> (shard number, worker index, deadline)
+        attempts = [0] * len(shards)
 
         def submit(j: int, w: int) -> None:
+            attempts[j] += 1
             grace = STARTUP_GRACE_S if w in self._fresh else 0.0
             ref = self.workers[w].generate.remote([conversations[i] for i in shards[j]], spec, use_adapter, seeds[j])
             pending[ref] = (j, w, time.monotonic() + self.request_timeout_s + grace)
+
+        def retry(j: int, w: int, why: str) -> None:
+            self._replace(w, why)
+            if attempts[j] < MAX_ATTEMPTS:
+                self.retried_requests += len(shards[j])
+                submit(j, w)
+                return
+            from tqdm import tqdm
+
+            tqdm.write(f"{len(shards[j])} rollout requests failed {MAX_ATTEMPTS} times; they come back empty")
+            self.failed_requests += len(shards[j])
+            for i in shards[j]:
+                results[i] = [Completion([], [], "", [], ABORTED, 0)] * spec.n
 
         for j in range(len(shards)):
             submit(j, j)
@@ -90,9 +109,7 @@ class RolloutPool:
                 try:
                     groups = ray.get(ref)
                 except RayActorError:
-                    self._replace(w, f"died ({'starting' if w in self._fresh else 'mid-request'})")
-                    self.retried_requests += len(shards[j])
-                    submit(j, w)
+                    retry(j, w, f"died ({'starting' if w in self._fresh else 'mid-request'})")
                     continue
                 self._fresh.discard(w)
                 for i, group in zip(shards[j], groups):
@@ -101,9 +118,7 @@ class RolloutPool:
             for ref, (j, w, d) in list(pending.items()):
                 if d <= now:
                     del pending[ref]
-                    self._replace(w, f"hung: no answer within rollout.request_timeout_s={self.request_timeout_s:g}")
-                    self.retried_requests += len(shards[j])
-                    submit(j, w)
+                    retry(j, w, f"hung: no answer within rollout.request_timeout_s={self.request_timeout_s:g}")
         return results
 
     def _replace(self, index: int, why: str, payload: ray.ObjectRef | None = None) -> None:
@@ -140,9 +155,10 @@ class RolloutPool:
         self.payload, self.version, self.digest = ref, version, digest
 
     def take_counters(self) -> dict[str, float]:
-        """Restarts and retried requests since the last call (one step's worth)."""
-        counts = {"rollout/worker_restarts": float(self.restarts), "rollout/retried_requests": float(self.retried_requests)}
-        self.restarts = self.retried_requests = 0
+        """Restarts, retried and failed requests since the last call (one step's worth)."""
+        counts = {"rollout/worker_restarts": float(self.restarts), "rollout/retried_requests": float(self.retried_requests),
+                  "rollout/failed_requests": float(self.failed_requests)}
+        self.restarts = self.retried_requests = self.failed_requests = 0
         return counts
 
     def shutdown(self) -> None:

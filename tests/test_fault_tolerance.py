@@ -110,3 +110,26 @@ def test_a_hung_worker_is_replaced_and_its_requests_retried(ray_session, tiny_mo
     assert [len(group) for group in results] == [2] * 6
     # The retried shard ran under its own seed on the replacement: the same samples as before the hang.
     assert [[c.completion_ids for c in g] for g in results] == [[c.completion_ids for c in g] for g in expected]
+
+
+def test_requests_that_kill_every_worker_come_back_aborted(ray_session):
+    """A poison shard (here: an actor that exits on every call, as an engine crashing on one prompt would) is
+    tried MAX_ATTEMPTS times on fresh workers, then returned empty so the step can go on."""
+    import ray
+
+    from rollout.engine import ABORTED
+    from rollout.pool import MAX_ATTEMPTS, RolloutPool
+    from rollout.records import SamplingSpec
+
+    @ray.remote(num_cpus=0)
+    class CrashingWorker:
+        def generate(self, conversations, spec, use_adapter, seed):
+            os._exit(1)
+
+    pool = RolloutPool(lambda index: CrashingWorker.remote(), 1)
+    results = pool.generate([[{"role": "user", "content": "x"}]] * 3, SamplingSpec(n=2, max_tokens=4))
+    counts = pool.take_counters()
+    pool.shutdown()
+    assert [[c.finish_reason for c in group] for group in results] == [[ABORTED, ABORTED]] * 3
+    assert counts == {"rollout/worker_restarts": MAX_ATTEMPTS, "rollout/retried_requests": 3 * (MAX_ATTEMPTS - 1),
+                      "rollout/failed_requests": 3}
