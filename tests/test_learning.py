@@ -57,7 +57,7 @@ def test_sft_model_greedy_output_under_vllm_equals_hf(ray_session, warm_start):
 
 def test_grpo_from_the_warm_start_raises_held_out_accuracy(warm_start, tmp_path):
     _, cache = warm_start
-    steps = 30
+    steps = 40
     run_dir = tmp_path / "run"
     cmd = [sys.executable, "-m", "cluster.cli", "train", "--config", DEMO, f"model.warm_start.dir={cache}",
            f"output_dir={run_dir}", f"steps={steps}", f"eval.every={steps}", "eval.n=8"]
