@@ -13,6 +13,7 @@ import yaml
 from cluster.toy_task import ToyConfig
 from learner.config import LearnerConfig
 from rewards.registry import RewardTerm, check_terms
+from rollout.engine import VLLM_LORA_RANKS
 
 
 class ConfigError(ValueError):
@@ -186,8 +187,8 @@ class RunConfig:
             check_terms(self.reward.components)
         except ValueError as e:
             raise ConfigError(str(e)) from e
-        if self.learner.lora_rank > 256:
-            raise ConfigError("learner.lora_rank above 256 is not supported by vLLM's LoRA kernels")
+        if self.learner.lora_rank > VLLM_LORA_RANKS[-1]:
+            raise ConfigError(f"learner.lora_rank above {VLLM_LORA_RANKS[-1]} is not supported by vLLM's LoRA kernels")
         if self.learner.finetune != "lora":
             raise ConfigError("learner.finetune must be lora for training: vLLM is updated by pushing adapters "
                               "(full-parameter training is for `motif sft`)")

@@ -48,8 +48,10 @@ def start_run(run_dir, tmp_path, *overrides) -> subprocess.Popen:
 
 
 def test_kill_a_rollout_worker_mid_round_and_the_run_completes(tmp_path):
+    """2 rollout workers and 2 learner ranks end to end, with a LoRA rank vLLM has no kernel for (4: served as 8)."""
     run_dir = tmp_path / "run"
-    proc = start_run(run_dir, tmp_path, "steps=3", "rollout.num_workers=2", "rollout.max_tokens=96")
+    proc = start_run(run_dir, tmp_path, "steps=3", "rollout.num_workers=2", "learner.num_ranks=2",
+                     "learner.lora_rank=4", "learner.lora_alpha=8", "rollout.max_tokens=96")
     victim = process_titled(b"ray::RolloutWorker.generate", timeout_s=120)  # a round of step 2 is running
     assert victim is not None, "no rollout worker was seen generating"
     os.kill(victim, signal.SIGKILL)
@@ -68,6 +70,8 @@ def test_kill_a_rollout_worker_mid_round_and_the_run_completes(tmp_path):
         assert all(len(s["finals"]) == K for s in samples)
         assert {s["adapter_version"] for s in samples} == {m["step"] - 1}
     assert {s["worker"] for s in samples} == {0, 1}
+    assert all(m["optimizer_steps"] == 1 and m["train_tokens"] > 0 for m in lines)
+    assert json.loads((run_dir / "adapter" / "adapter_config.json").read_text())["r"] == 4
 
 
 def test_a_dead_learner_stops_the_run_and_names_the_resume_command(tmp_path):

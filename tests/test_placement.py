@@ -35,3 +35,11 @@ def test_resources_the_cluster_lacks_fail_after_the_timeout_naming_them(ray_sess
     config = load_config(SMOKE, ["rollout.num_cpus=1000", "cluster.ready_timeout_s=2"])
     with pytest.raises(PlacementError, match=r"within cluster.ready_timeout_s=2.*CPU 1001.*the cluster has CPU 8"):
         reserve_placement(config)
+
+
+def test_lora_ranks_round_up_to_what_vllm_supports():
+    from rollout.engine import vllm_lora_rank
+
+    assert [vllm_lora_rank(r) for r in (1, 2, 4, 8, 9, 64, 300, 512)] == [1, 8, 8, 8, 16, 64, 320, 512]
+    with pytest.raises(ValueError, match="above the largest"):
+        vllm_lora_rank(513)
