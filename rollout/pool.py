@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError
+from tqdm import tqdm
 
 from rollout.engine import ABORTED
 from rollout.protocols import MotifSpec, motif_rollout
@@ -54,13 +55,12 @@ class RolloutPool:
         self._fresh = set(range(num_workers))  # workers whose engine may still be starting
         self._round, self._calls = ("start",), 0
 
-    def wait_ready(self, timeout_s: float, describe_resources: Callable[[], str] = lambda: "") -> None:
-        """Block until every worker's engine is up; the error names what the cluster could not give."""
+    def wait_ready(self, timeout_s: float) -> None:
+        """Block until every worker's engine is up (their resources are already reserved by then)."""
         try:
             ray.get([w.__ray_ready__.remote() for w in self.workers], timeout=timeout_s)
         except GetTimeoutError:
-            raise RuntimeError(f"{len(self.workers)} rollout worker(s) not ready within {timeout_s:.0f} s. "
-                               f"{describe_resources()}") from None
+            raise RuntimeError(f"{len(self.workers)} rollout worker(s) not ready within {timeout_s:.0f} s") from None
         self._fresh.clear()
 
     def begin(self, *key) -> None:
@@ -92,8 +92,6 @@ class RolloutPool:
                 self.retried_requests += len(shards[j])
                 submit(j, w)
                 return
-            from tqdm import tqdm
-
             tqdm.write(f"{len(shards[j])} rollout requests failed {MAX_ATTEMPTS} times; they come back empty")
             self.failed_requests += len(shards[j])
             for i in shards[j]:
@@ -122,8 +120,6 @@ class RolloutPool:
         return results
 
     def _replace(self, index: int, why: str, payload: ray.ObjectRef | None = None) -> None:
-        from tqdm import tqdm
-
         tqdm.write(f"rollout worker {index} {why}; starting a replacement")
         ray.kill(self.workers[index], no_restart=True)
         worker = self.make_worker(index)
