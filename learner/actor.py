@@ -155,7 +155,8 @@ class GRPOLearner:
 
     def _logprobs(self, samples: Sequence[TrainSample], *, with_adapter: bool = True):
         ids, attention, mask = pad_batch(samples, self.pad_id, self.device)
-        chunking = {"chunk_tokens": self.config.logprob_chunk_tokens, "recompute": self.config.zero_stage != 3}
+        chunking = {"chunk_tokens": self.config.logprob_chunk_tokens,
+                    "recompute": self.config.logprob_recompute and self.config.zero_stage != 3}
         if with_adapter:
             return token_logprobs(self.engine, ids, attention, self.temperature, **chunking), mask
         with self.engine.module.disable_adapter():

@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--completion-tokens", type=int, default=128)
     parser.add_argument("--micro", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-recompute", action="store_true", help="learner.logprob_recompute=false")
     args = parser.parse_args(argv)
 
     import random
@@ -59,12 +60,14 @@ def main(argv: list[str] | None = None) -> None:
         for _ in range(args.samples)
     ]
     tokens = args.samples * args.completion_tokens
-    results = {"model": {k: getattr(args, k) for k in ("hidden", "layers", "vocab", "rank")}, "tokens": tokens}
+    results = {"model": {k: getattr(args, k) for k in ("hidden", "layers", "vocab", "rank")}, "tokens": tokens,
+               "logprob_recompute": not args.no_recompute}
     with tempfile.TemporaryDirectory() as tmp:
         model = build_model(Path(tmp) / "model", args.hidden, args.layers, args.vocab, args.heads)
         for name, mini in (("one_mini_batch", args.samples), ("two_mini_batches", args.samples // 2)):
             config = LearnerConfig(lora_rank=args.rank, lora_alpha=2 * args.rank, learning_rate=1e-6,
-                                   mini_batch_size=mini, micro_batch_size=args.micro)
+                                   mini_batch_size=mini, micro_batch_size=args.micro,
+                                   logprob_recompute=not args.no_recompute)
             learner = GRPOLearner(model, config)
             learner.train_step(samples)  # warm-up: allocations, first-call overheads
             start = time.perf_counter()

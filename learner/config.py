@@ -24,6 +24,9 @@ class LearnerConfig:
     num_ranks: int = 1  # data-parallel ranks (Ray actors in one DeepSpeed group)
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~1/3 more compute
     logprob_chunk_tokens: int = 1024  # positions per vocabulary-projection chunk when computing token logprobs
+    # Recompute each chunk's logits in backward instead of keeping them: memory of one chunk, not of the
+    # whole [batch, length, vocab], for one more vocabulary projection per training forward
+    logprob_recompute: bool = True
     # Samples per optimizer step; the rollout batch is split into batch/mini_batch_size updates.
     mini_batch_size: int = 8
     micro_batch_size: int = 4

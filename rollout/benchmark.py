@@ -35,31 +35,37 @@ class BareVLLM:
     def generate(self, prompt_ids: list[list[int]], n: int, max_tokens: int) -> int:
         from vllm import SamplingParams, TokensPrompt
 
-        params = SamplingParams(n=n, temperature=1.0, max_tokens=max_tokens, ignore_eos=True)
+        # What a rollout request asks for: the sampled tokens' logprobs too.
+        params = SamplingParams(n=n, temperature=1.0, max_tokens=max_tokens, logprobs=0)
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompt_ids], params, use_tqdm=False)
         return sum(len(o.token_ids) for out in outputs for o in out.outputs)
 
 
-def workload(model: str, prompts: int):
+def workload(model: str, prompts: int, repeats: int):
+    """Fresh questions for every call (the warm-up and each repeat), as in training: no call finds its prompts
+    in the prefix cache of an earlier one."""
     from transformers import AutoTokenizer
 
     from rollout.engine import chat_prompt_ids
 
-    conversations = [[{"role": "user", "content": f"Question {i}: what is {i} times {i + 3}? Think step by step."}]
-                     for i in range(prompts)]
     tokenizer = AutoTokenizer.from_pretrained(model)
-    return conversations, [chat_prompt_ids(tokenizer, c) for c in conversations]
+    calls = []
+    for call in range(repeats + 1):
+        conversations = [[{"role": "user", "content": f"Question {call}.{i}: what is {i} times {call + 3}? Think."}]
+                         for i in range(prompts)]
+        calls.append((conversations, [chat_prompt_ids(tokenizer, c) for c in conversations]))
+    return calls
 
 
-def timed(call, repeats: int) -> tuple[float, int]:
-    call()  # warm-up
+def timed(call, repeats: int) -> float:
+    call(0)  # warm-up
     start, tokens = time.perf_counter(), 0
-    for _ in range(repeats):
-        tokens += call()
-    return tokens / (time.perf_counter() - start), tokens
+    for r in range(1, repeats + 1):
+        tokens += call(r)
+    return tokens / (time.perf_counter() - start)
 
 
-def pool_throughput(model: str, workers: int, conversations, spec, repeats: int) -> float:
+def pool_throughput(model: str, workers: int, calls, spec, repeats: int) -> float:
     from cluster.config import load_config
     from cluster.workers import start_rollout_pool
 
@@ -68,11 +74,11 @@ def pool_throughput(model: str, workers: int, conversations, spec, repeats: int)
     pool = start_rollout_pool(config, model)
     pool.wait_ready(600)
 
-    def call() -> int:
-        pool.begin("bench", time.monotonic())
-        return sum(len(c.completion_ids) for group in pool.generate(conversations, spec) for c in group)
+    def call(r: int) -> int:
+        pool.begin("bench", r)
+        return sum(len(c.completion_ids) for group in pool.generate(calls[r][0], spec) for c in group)
 
-    rate, _ = timed(call, repeats)
+    rate = timed(call, repeats)
     pool.shutdown()
     return rate
 
@@ -108,15 +114,14 @@ def main(argv: list[str] | None = None) -> None:
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     with tempfile.TemporaryDirectory() as tmp:
         model = str(build_tiny_model(Path(tmp) / "model"))
-        conversations, prompt_ids = workload(model, args.prompts)
+        calls = workload(model, args.prompts, args.repeats)
         cores = os.cpu_count() or 1  # what the pool gives a single worker
         env = {"OMP_NUM_THREADS": str(cores), "VLLM_CPU_OMP_THREADS_BIND": f"0-{cores - 1}"}
         bare = BareVLLM.options(num_cpus=1, runtime_env={"env_vars": env}).remote(model)
-        bare_rate, _ = timed(lambda: ray.get(bare.generate.remote(prompt_ids, args.n, args.max_tokens)), args.repeats)
+        bare_rate = timed(lambda r: ray.get(bare.generate.remote(calls[r][1], args.n, args.max_tokens)), args.repeats)
         ray.kill(bare)
-        # ignore_eos is not a rollout setting: the bare engine runs to max_tokens, so rates are per token.
         spec = SamplingSpec(n=args.n, temperature=1.0, max_tokens=args.max_tokens)
-        pool_rates = {w: pool_throughput(model, w, conversations, spec, args.repeats) for w in (1, 2)}
+        pool_rates = {w: pool_throughput(model, w, calls, spec, args.repeats) for w in (1, 2)}
     ray.shutdown()
     result = {
         "requests": args.prompts, "n": args.n, "max_tokens": args.max_tokens,
