@@ -10,9 +10,12 @@ from cluster.config import ConfigError, RunConfig, SFTRunConfig, load_config
 OVERRIDES_HELP = "override a config key, dotted path (e.g. rollout.rounds=3)"
 
 
-def _config_command(commands, name: str, help_text: str, description: str):
+def _config_command(commands, name: str, help_text: str, description: str, ray: bool = False):
     command = commands.add_parser(name, help=help_text, description=description)
     command.add_argument("--config", help="YAML config (see cluster/configs/)")
+    if ray:
+        command.add_argument("--show-logs", action="store_true",
+                             help="show vLLM, Ray and DeepSpeed output on the console (default: OUTPUT_DIR/logs/)")
     command.add_argument("overrides", nargs="*", metavar="key=value", help=OVERRIDES_HELP)
     return command
 
@@ -22,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     train = _config_command(commands, "train", "run GRPO / MOTIF training",
                             "Run GRPO / MOTIF training. Settings come from --config, then key=value overrides "
-                            "(e.g. rollout.rounds=3 learner.learning_rate=1e-5 steps=10).")
+                            "(e.g. rollout.rounds=3 learner.learning_rate=1e-5 steps=10).", ray=True)
     train.add_argument("--resume", metavar="auto|PATH",
                        help="continue from a checkpoint: 'auto' = the newest in checkpoint.dir (none: start fresh), "
                             "or a checkpoint folder")
@@ -32,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     _config_command(commands, "eval", "evaluate a model (optionally with an adapter) on a dataset",
                     "Evaluate through the vLLM rollout worker with the protocol of the train config; the eval "
                     "section sets rounds, max_tokens, temperature, n, the dataset split and eval.adapter. Writes "
-                    "samples.jsonl and summary.json to eval.output_dir.")
+                    "samples.jsonl and summary.json to eval.output_dir.", ray=True)
     report = commands.add_parser("report", help="plot a run's curves to a PNG")
     report.add_argument("run_dir")
     report.add_argument("--out", help="PNG path (default RUN_DIR/report.png)")
@@ -59,6 +62,13 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"motif: invalid config: {e}", file=sys.stderr)
         return 2
+    if getattr(args, "show_logs", False):
+        config.cluster.show_logs = True
+    if args.command in ("train", "eval"):
+        from cluster.workers import close_local_ray, cluster_address
+
+        if cluster_address(config) is None:
+            close_local_ray()
     if args.command == "sft":
         from cluster.sft import run_sft
 

@@ -108,6 +108,8 @@ class ClusterConfig:
     # worker i's bundle and GPU; they take turns in synchronous training)
     placement: str = "separate"
     ready_timeout_s: float = 600.0  # actors not placed and started by then: an error naming what is missing
+    # vLLM, Ray and DeepSpeed output on the console too (`--show-logs`); otherwise it goes to OUTPUT_DIR/logs/
+    show_logs: bool = False
 
 
 @dataclass

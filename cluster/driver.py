@@ -170,7 +170,9 @@ def train(config: RunConfig, resume: str | None = None) -> Path:
     checkpoint = run.checkpoints.resolve(resume) if resume else None
     if resume == "auto" and checkpoint is None:
         tqdm.write(f"--resume auto: no checkpoint in {run.checkpoints.root}, starting from step 0")
-    start_ray(config)
+    log_dir = None if config.cluster.show_logs else run_dir / "logs"
+    start_ray(config, log_dir)
+    tqdm.write(f"run folder: {run_dir}" + (f" (library logs in {log_dir})" if log_dir else ""))
 
     r = config.rollout
     rewards = build_rewards(config.reward.components, motif_response_format(r.rounds))
@@ -187,7 +189,8 @@ def train(config: RunConfig, resume: str | None = None) -> Path:
             state = run.restore(checkpoint)
             held_out.history = [tuple(h) for h in state["eval_history"]]
             tqdm.write(f"resumed from {checkpoint} at step {state['step']}")
-        log = MetricsLog(run_dir, truncate_at=state["metrics_offset"] if checkpoint is not None else 0)
+        log = MetricsLog(run_dir, truncate_at=state["metrics_offset"] if checkpoint is not None else 0,
+                         first_step=state["step"] + 1)
         first = state["step"] + 1
         if held_out.every and first == 1:
             log.log(0, held_out.run(0))
@@ -241,7 +244,8 @@ def train(config: RunConfig, resume: str | None = None) -> Path:
         if len(held_out.history) > 1:
             (s0, before), (s1, after) = held_out.history[0], held_out.history[-1]
             tqdm.write(f"held-out pass@1: {before:.3f} at step {s0} -> {after:.3f} at step {s1}")
-        tqdm.write(f"run folder: {run_dir}\nfinal adapter: {final}\nmetrics: {log.path}\nplot: {plot}")
+        tqdm.write(f"final adapter: {final}\nmetrics: {log.path}")
+        tqdm.write(f"run folder: {run_dir} | plot: {plot} | tensorboard --logdir {log.tensorboard_dir}")
     finally:
         if log is not None:
             log.close()

@@ -127,7 +127,8 @@ def run_eval(config: RunConfig) -> dict:
     rewards = build_rewards(config.reward.components, motif_response_format(config.rollout.rounds)) \
         if config.reward.motivation else []
     spec = eval_spec(config, motif_spec(config, rewards))
-    start_ray(config)
+    folder = Path(config.eval.output_dir or Path(config.output_dir) / "eval")
+    start_ray(config, None if config.cluster.show_logs else folder / "logs")
     pool = start_rollout_pool(config, model_path)
     try:
         if config.eval.adapter:
@@ -144,7 +145,6 @@ def run_eval(config: RunConfig) -> dict:
     summary = {"model": model_path, "adapter": config.eval.adapter, "dataset": config.eval.path or config.data.path,
                "split": config.eval.split, "rounds": spec.rounds, "max_tokens": spec.first_round.max_tokens,
                "temperature": spec.first_round.temperature, **summary}
-    folder = Path(config.eval.output_dir or Path(config.output_dir) / "eval")
     write_eval(folder, summary, samples)
     print(summary_table(summary))
     print(f"samples: {folder / 'samples.jsonl'}\nsummary: {folder / 'summary.json'}")

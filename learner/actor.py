@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import shutil
 import socket
+import tempfile
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,6 +26,14 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def rendezvous_address(node_ip: str) -> str:
+    """Where the ranks of one learner group meet. Ranks on one machine meet in a file (torch's FileStore): no
+    rendezvous server listens on the network. Across machines, rank 0's node serves one on a free port."""
+    if ipaddress.ip_address(node_ip).is_loopback:
+        return f"file://{tempfile.gettempdir()}/motif-rendezvous-{uuid.uuid4().hex}"
+    return f"{node_ip}:{free_port()}"
 
 
 def lr_schedule(config: LearnerConfig):
@@ -97,7 +108,7 @@ class GRPOLearner:
     """The one training stack: GRPO (LoRA; the reference policy is the same model, adapter off) and SFT (LoRA or
     full) steps in a DeepSpeed engine, and the exports that vLLM loads.
 
-    One instance is one data-parallel rank: `world_size` instances that share `master` ("host:port") form one
+    One instance is one data-parallel rank: `world_size` instances that share `master` ("host:port", or a file:// rendezvous on one machine) form one
     DeepSpeed group (gloo on CPU, NCCL on GPU); `LearnerGroup` feeds them.
     """
 
@@ -123,15 +134,22 @@ class GRPOLearner:
                                "set it to 0 to train on CPU")
         self.device = torch.device("cuda", 0) if cuda else torch.device("cpu")
         if master is None and world_size == 1:
-            master = f"127.0.0.1:{os.environ.get('MASTER_PORT') or free_port()}"
-        host, port = master.rsplit(":", 1)
-        os.environ.update(MASTER_ADDR=host, MASTER_PORT=port, RANK=str(rank), LOCAL_RANK="0",
-                          WORLD_SIZE=str(world_size))
+            master = rendezvous_address("127.0.0.1")
+        os.environ.update(RANK=str(rank), LOCAL_RANK="0", WORLD_SIZE=str(world_size))
         if not cuda:
             # The shared-memory allreduce kernel costs a ~100 s JIT build on first use; gloo does the
             # collectives without it.
             ds_torch_comm.build_shm_op = lambda: None
-        deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo")
+        backend = "nccl" if cuda else "gloo"
+        if master.startswith("file://"):
+            # One machine: gloo's connections between the ranks stay on loopback too.
+            os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+            deepspeed.init_distributed(backend, auto_mpi_discovery=False, init_method=master, rank=rank,
+                                       world_size=world_size)
+        else:
+            host, port = master.rsplit(":", 1)
+            os.environ.update(MASTER_ADDR=host, MASTER_PORT=port)
+            deepspeed.init_distributed(backend)
 
         model = load_policy(model_path, config, dtype=torch.bfloat16 if cuda else torch.float32)
         if config.gradient_checkpointing:

@@ -17,11 +17,11 @@ class LearnerDied(RuntimeError):
 
 
 @ray.remote(num_cpus=0)
-def node_address() -> str:
-    """This node's address and a free port on it: where rank 0 listens for the others."""
-    from learner.actor import free_port
+def rendezvous() -> str:
+    """Where the ranks meet, as seen from rank 0's node (see learner.actor.rendezvous_address)."""
+    from learner.actor import rendezvous_address
 
-    return f"{ray.util.get_node_ip_address()}:{free_port()}"
+    return rendezvous_address(ray.util.get_node_ip_address())
 
 
 def shard_plan(samples: Sequence[TrainSample], ranks: int, mini_batch_size: int, micro_batch_size: int):

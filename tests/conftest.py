@@ -10,6 +10,8 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+# Ray reads this at import: its servers then listen on loopback only (see cluster.workers).
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = Path(REPO) / "cluster" / "datasets"  # the project's own copies: a clone has no ../shared

@@ -17,6 +17,28 @@ def brevity(sample):
 '''
 
 
+def tensorboard_scalars(run_dir) -> dict[str, dict[int, float]]:
+    """Every scalar of the run's TensorBoard events, read back by TensorBoard's own reader: {tag: {step: value}}."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    return {tag: {e.step: e.value for e in events.Scalars(tag)} for tag in events.Tags()["scalars"]}
+
+
+def jsonl_scalars(run_dir) -> dict[str, dict[int, float]]:
+    """metrics.jsonl in the same shape, at TensorBoard's float32 precision."""
+    import numpy as np
+
+    table: dict[str, dict[int, float]] = {}
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        m = json.loads(line)
+        for key, value in m.items():
+            if key != "step" and isinstance(value, (int, float)):
+                table.setdefault(key, {})[m["step"]] = float(np.float32(value))
+    return table
+
+
 def motif_train(tmp_path, run_dir, *overrides):
     cmd = [sys.executable, "-m", "cluster.cli", "train", "--config", "tests/configs/smoke.yaml",
            f"output_dir={run_dir}", f"model.tiny_model_dir={tmp_path / 'tiny'}", *overrides]
@@ -55,6 +77,17 @@ def test_motif_train_two_steps_writes_metrics_and_adapter(tmp_path):
     assert "step 2 |" in output
     assert "brevity (weight 0.1): 1 minus the response's length" in output  # the motivation prompt, printed
     assert (run_dir / "report.png").stat().st_size > 10_000
+
+    # TensorBoard holds the same metrics under the same names.
+    assert tensorboard_scalars(run_dir) == jsonl_scalars(run_dir)
+    assert proc.stdout.rstrip().splitlines()[-1].endswith(f"tensorboard --logdir {run_dir / 'tensorboard'}")
+
+    # A quiet console: vLLM, Ray and DeepSpeed speak in RUN_DIR/logs, not on the terminal.
+    for noise in ("(RolloutWorker pid=", "(GRPOLearner pid=", "WARNING", "Started a local Ray instance"):
+        assert noise not in output, noise
+    logs = run_dir / "logs"
+    assert "Loading safetensors checkpoint shards" in (logs / "rollout-0.log").read_text()
+    assert "Setting accelerator to CPU" in (logs / "learner-0.log").read_text()
 
 
 def test_a_step_whose_prompts_are_all_too_long_is_skipped_not_fatal(tmp_path):

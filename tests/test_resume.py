@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 from tests.conftest import REPO
-from tests.test_end_to_end import USER_REWARD
+from tests.test_end_to_end import USER_REWARD, jsonl_scalars, tensorboard_scalars
 
 CRASH_WHILE_SAVING = """
 import os, signal, sys
@@ -60,6 +60,8 @@ def test_resume_after_a_crash_mid_checkpoint_reproduces_the_straight_run(tmp_pat
     assert [m["step"] for m in expected] == [1, 2, 3, 4]
     assert any(m["loss"] != 0 for m in expected), "no learning signal: the comparison would be vacuous"
     assert deterministic_metrics(resumed) == expected
+    # TensorBoard drops the events the crashed run wrote after its checkpoint: each step once, as in the jsonl.
+    assert tensorboard_scalars(resumed) == jsonl_scalars(resumed)
     for step in range(1, 5):
         name = f"samples/step-{step}.jsonl"
         assert (resumed / name).read_text() == (straight / name).read_text(), name

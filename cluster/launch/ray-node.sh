@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# One node of a motif-rl Ray cluster, started the same way by docker compose, the Slurm script and `ray up`:
+#   ray-node.sh head [ray start args]           start the head and block
+#   ray-node.sh worker HOST:PORT [ray start args] join the head at HOST:PORT and block
+#   ray-node.sh submit URL [--] COMMAND...      submit COMMAND as a Ray job (this project as its working dir)
+#                                               to the job API at URL, follow its logs, exit with its status
+# Token authentication is always on: every node and client needs the same token, in RAY_AUTH_TOKEN or in the
+# file Ray reads by default (~/.ray/auth_token). The dashboard and job API listen on RAY_DASHBOARD_HOST (default
+# 127.0.0.1); RAY_PORT (6379) and RAY_DASHBOARD_PORT (8265). RAY_NODE_BLOCK=0: start and return (`ray up`).
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+if [ -z "${RAY_AUTH_TOKEN:-}" ] && [ ! -s "${RAY_AUTH_TOKEN_PATH:-$HOME/.ray/auth_token}" ]; then
+  echo "ray-node.sh: no Ray token: set RAY_AUTH_TOKEN to a shared secret (e.g. \$(openssl rand -hex 32))" >&2
+  exit 2
+fi
+export RAY_AUTH_MODE=token
+block=(--block)
+[ "${RAY_NODE_BLOCK:-1}" = 0 ] && block=()
+role="${1:?usage: ray-node.sh head|worker HOST:PORT|submit URL -- COMMAND...}"
+shift
+
+case "$role" in
+  head)
+    exec ray start --head "${block[@]}" --disable-usage-stats --port="${RAY_PORT:-6379}" \
+      --dashboard-host="${RAY_DASHBOARD_HOST:-127.0.0.1}" --dashboard-port="${RAY_DASHBOARD_PORT:-8265}" "$@"
+    ;;
+  worker)
+    address="${1:?usage: ray-node.sh worker HOST:PORT}"
+    shift
+    exec ray start --address="$address" "${block[@]}" --disable-usage-stats "$@"
+    ;;
+  submit)
+    url="${1:?usage: ray-node.sh submit URL -- COMMAND...}"
+    shift
+    [ "${1:-}" = "--" ] && shift
+    # The job sees the driver-side variables that models and data need (offline hubs, caches).
+    env_json="$(python3 -c 'import json, os; print(json.dumps({"env_vars": {k: v for k, v in os.environ.items() if k.startswith(("HF_", "VLLM_", "TRANSFORMERS_"))}}))')"
+    exec ray job submit --address="$url" --working-dir="$root" --runtime-env-json="$env_json" -- "$@"
+    ;;
+  *)
+    echo "ray-node.sh: unknown role '$role' (head, worker or submit)" >&2
+    exit 2
+    ;;
+esac
