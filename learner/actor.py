@@ -108,8 +108,9 @@ class GRPOLearner:
     """The one training stack: GRPO (LoRA; the reference policy is the same model, adapter off) and SFT (LoRA or
     full) steps in a DeepSpeed engine, and the exports that vLLM loads.
 
-    One instance is one data-parallel rank: `world_size` instances that share `master` ("host:port", or a file:// rendezvous on one machine) form one
-    DeepSpeed group (gloo on CPU, NCCL on GPU); `LearnerGroup` feeds them.
+    One instance is one data-parallel rank: `world_size` instances that share `master` ("host:port", or a
+    file:// rendezvous on one machine) form one DeepSpeed group (gloo on CPU, NCCL on GPU); `LearnerGroup`
+    feeds them.
     """
 
     def __init__(self, model_path: str, config: LearnerConfig, *, temperature: float = 1.0,
