@@ -10,12 +10,11 @@ from cluster.config import ConfigError, RunConfig, SFTRunConfig, load_config
 OVERRIDES_HELP = "override a config key, dotted path (e.g. rollout.rounds=3)"
 
 
-def _config_command(commands, name: str, help_text: str, description: str, ray: bool = False):
+def _config_command(commands, name: str, help_text: str, description: str):
     command = commands.add_parser(name, help=help_text, description=description)
     command.add_argument("--config", help="YAML config (see cluster/configs/)")
-    if ray:
-        command.add_argument("--show-logs", action="store_true",
-                             help="show vLLM, Ray and DeepSpeed output on the console (default: OUTPUT_DIR/logs/)")
+    command.add_argument("--show-logs", action="store_true",
+                         help="show vLLM, Ray and DeepSpeed output on the console (default: the run's logs/ folder)")
     command.add_argument("overrides", nargs="*", metavar="key=value", help=OVERRIDES_HELP)
     return command
 
@@ -25,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     train = _config_command(commands, "train", "run GRPO / MOTIF training",
                             "Run GRPO / MOTIF training. Settings come from --config, then key=value overrides "
-                            "(e.g. rollout.rounds=3 learner.learning_rate=1e-5 steps=10).", ray=True)
+                            "(e.g. rollout.rounds=3 learner.learning_rate=1e-5 steps=10).")
     train.add_argument("--resume", metavar="auto|PATH",
                        help="continue from a checkpoint: 'auto' = the newest in checkpoint.dir (none: start fresh), "
                             "or a checkpoint folder")
@@ -35,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     _config_command(commands, "eval", "evaluate a model (optionally with an adapter) on a dataset",
                     "Evaluate through the vLLM rollout worker with the protocol of the train config; the eval "
                     "section sets rounds, max_tokens, temperature, n, the dataset split and eval.adapter. Writes "
-                    "samples.jsonl and summary.json to eval.output_dir.", ray=True)
+                    "samples.jsonl and summary.json to eval.output_dir.")
     report = commands.add_parser("report", help="plot a run's curves to a PNG")
     report.add_argument("run_dir")
     report.add_argument("--out", help="PNG path (default RUN_DIR/report.png)")
@@ -62,8 +61,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"motif: invalid config: {e}", file=sys.stderr)
         return 2
-    if getattr(args, "show_logs", False):
-        config.cluster.show_logs = True
+    if args.show_logs:
+        if args.command == "sft":
+            config.show_logs = True
+        else:
+            config.cluster.show_logs = True
     if args.command in ("train", "eval"):
         from cluster.workers import close_local_ray, cluster_address
 

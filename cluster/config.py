@@ -222,6 +222,7 @@ class SFTRunConfig:
     steps: int | None = None  # optimizer steps; None: `epochs` passes over the data
     max_length: int = 1024  # prompt + response tokens; longer rows are skipped and counted
     seed: int = 0
+    show_logs: bool = False  # DeepSpeed and transformers output on the console too; otherwise OUTPUT_DIR/logs/
     model: ModelConfig = field(default_factory=ModelConfig)
     data: SFTDataConfig = field(default_factory=SFTDataConfig)
     # SFT decays the learning rate linearly to 0 over the run unless learner.decay_steps is set.

@@ -40,13 +40,33 @@ def log_name(name: str) -> dict[str, str]:
     return {LOG_NAME_ENV: name}
 
 
+class _Divert(logging.Filter):
+    """Hands a logger's records to the log file and stops them there, so a console handler that the library adds
+    later, when it is imported (DeepSpeed does), never sees them."""
+
+    def __init__(self, handler: logging.Handler):
+        super().__init__()
+        self.handler = handler
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        self.handler.handle(record)
+        return False
+
+
 def quiet_driver(log_dir: Path) -> None:
-    """Send the libraries' Python logging and warnings in this process to LOG_DIR/driver.log."""
+    """Send the libraries' Python logging and warnings in this process to LOG_DIR/driver.log. Idempotent; run it
+    again after ray.init, which drops the handlers of Ray's loggers."""
     log_dir.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(log_dir / "driver.log")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.captureWarnings(True)
+    path = str((log_dir / "driver.log").resolve())
     for name in LIBRARY_LOGGERS:
         logger = logging.getLogger(name)
-        logger.handlers = [handler]
+        divert = next((f for f in logger.filters if isinstance(f, _Divert) and f.handler.baseFilename == path), None)
+        if divert is None:
+            handler = logging.FileHandler(path)
+            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+            divert = _Divert(handler)
+            logger.filters = [divert]
+        # Records of child loggers (ray._private...) reach this logger's handlers, not its filters.
+        logger.handlers = [divert.handler]
         logger.propagate = False
+    logging.captureWarnings(True)

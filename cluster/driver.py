@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 from cluster.checkpoint import Checkpoints, load_state
 from cluster.config import RunConfig, to_dict
+from cluster.console import quiet_driver
 from cluster.data import Problem, load_problems
 from cluster.evaluation import eval_problems, eval_spec, evaluate, write_eval
 from cluster.metrics import MetricsLog
@@ -163,6 +164,9 @@ def train(config: RunConfig, resume: str | None = None) -> Path:
     run_dir = Path(config.output_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+    log_dir = None if config.cluster.show_logs else run_dir / "logs"
+    if log_dir is not None:
+        quiet_driver(log_dir)
     problems, report = load_problems(config.data)
     tqdm.write(f"data: {report.summary()}")
     model_path = resolve_model(config.model, config.data.toy)
@@ -170,7 +174,6 @@ def train(config: RunConfig, resume: str | None = None) -> Path:
     checkpoint = run.checkpoints.resolve(resume) if resume else None
     if resume == "auto" and checkpoint is None:
         tqdm.write(f"--resume auto: no checkpoint in {run.checkpoints.root}, starting from step 0")
-    log_dir = None if config.cluster.show_logs else run_dir / "logs"
     start_ray(config, log_dir)
     tqdm.write(f"run folder: {run_dir}" + (f" (library logs in {log_dir})" if log_dir else ""))
 

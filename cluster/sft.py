@@ -13,6 +13,7 @@ import yaml
 from tqdm import tqdm
 
 from cluster.config import SFTRunConfig, to_dict
+from cluster.console import quiet_driver
 from cluster.data import LoadReport, json_objects, jsonl_rows
 from cluster.metrics import MetricsLog
 from cluster.models import resolve_model
@@ -68,6 +69,8 @@ def run_sft(config: SFTRunConfig) -> Path:
 
     out = Path(config.output_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    if not config.show_logs:
+        quiet_driver(out / "logs")
     (out / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
     model_path = resolve_model(config.model, ToyConfig())
     samples, report = load_sft_samples(config, AutoTokenizer.from_pretrained(model_path))
