@@ -22,11 +22,15 @@ def ray_head():
 
 def test_ray_job_submit_trains_on_the_cluster_it_runs_in(ray_head, tmp_path):
     run_dir = tmp_path / "run"
-    submitted = ray_head.cli(
-        "job", "submit", "--address", ray_head.dashboard, "--submission-id", "motif-test-job", "--no-wait",
-        "--working-dir", REPO, "--runtime-env-json", json.dumps({"env_vars": {"HF_HUB_OFFLINE": "1"}}),
-        "--", "motif", "train", "--config", "tests/configs/smoke.yaml", "steps=2", f"output_dir={run_dir}",
-        f"model.tiny_model_dir={tmp_path / 'tiny'}", timeout=300)
+    for _ in range(30):  # a fresh head refuses jobs until its job agent has registered: "try again later"
+        submitted = ray_head.cli(
+            "job", "submit", "--address", ray_head.dashboard, "--submission-id", "motif-test-job", "--no-wait",
+            "--working-dir", REPO, "--runtime-env-json", json.dumps({"env_vars": {"HF_HUB_OFFLINE": "1"}}),
+            "--", "motif", "train", "--config", "tests/configs/smoke.yaml", "steps=2", f"output_dir={run_dir}",
+            f"model.tiny_model_dir={tmp_path / 'tiny'}", timeout=300)
+        if submitted.returncode == 0 or "No available agent" not in submitted.stderr:
+            break
+        time.sleep(2)
     assert submitted.returncode == 0, submitted.stderr[-3000:]
 
     deadline, status = time.monotonic() + 900, ""

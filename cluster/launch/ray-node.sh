@@ -3,7 +3,7 @@
 #   ray-node.sh head [ray start args]           start the head and block
 #   ray-node.sh worker HOST:PORT [ray start args] join the head at HOST:PORT and block
 #   ray-node.sh submit URL [--] COMMAND...      submit COMMAND as a Ray job (this project as its working dir)
-#                                               to the job API at URL, follow its logs, exit with its status
+#                                               to the job API at URL, follow its logs, exit 0 if it succeeded
 # Token authentication is always on: every node and client needs the same token, in RAY_AUTH_TOKEN or in the
 # file Ray reads by default (~/.ray/auth_token). The dashboard and job API listen on RAY_DASHBOARD_HOST (default
 # 127.0.0.1); RAY_PORT (6379) and RAY_DASHBOARD_PORT (8265). RAY_NODE_BLOCK=0: start and return (`ray up`).
@@ -35,7 +35,25 @@ case "$role" in
     [ "${1:-}" = "--" ] && shift
     # The job sees the driver-side variables that models and data need (offline hubs, caches).
     env_json="$(python3 -c 'import json, os; print(json.dumps({"env_vars": {k: v for k, v in os.environ.items() if k.startswith(("HF_", "VLLM_", "TRANSFORMERS_"))}}))')"
-    exec ray job submit --address="$url" --working-dir="$root" --runtime-env-json="$env_json" -- "$@"
+    id="motif-$(date +%Y%m%d-%H%M%S)-$$"
+    # A head that has just started answers "No available agent to submit job" until its node's job agent has
+    # registered: try again for a minute, fail at once on anything else.
+    for attempt in $(seq 30); do
+      if out="$(ray job submit --address="$url" --submission-id="$id" --no-wait --working-dir="$root" \
+          --runtime-env-json="$env_json" -- "$@" 2>&1)"; then
+        break
+      fi
+      if ! grep -q "No available agent" <<<"$out" || [ "$attempt" = 30 ]; then
+        echo "$out" >&2
+        exit 1
+      fi
+      sleep 2
+    done
+    echo "ray-node.sh: submitted job $id to $url"
+    ray job logs --address="$url" --follow "$id"
+    status="$(ray job status --address="$url" "$id" 2>&1)"
+    echo "$status"
+    grep -qi "succeeded" <<<"$status"
     ;;
   *)
     echo "ray-node.sh: unknown role '$role' (head, worker or submit)" >&2
