@@ -78,6 +78,9 @@ def start_head(num_cpus: int = 4) -> RayHead:
     head = RayHead(temp_dir, f"http://127.0.0.1:{dashboard_port}", env)
     started = head.cli("start", "--head", "--node-ip-address=127.0.0.1", f"--port={free_port()}",
                        "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}", f"--temp-dir={temp_dir}",
+                       # the test session's own Ray may hold the default job-agent port; without an agent the
+                       # head answers every submission with "No available agent"
+                       f"--dashboard-agent-listen-port={free_port()}",
                        f"--num-cpus={num_cpus}", "--disable-usage-stats", timeout=180)
     if started.returncode != 0:
         head.stop()

@@ -15,6 +15,7 @@ import jsonschema
 import pytest
 import yaml
 
+from learner.actor import free_port
 from tests.conftest import REPO
 from tests.ray_head import processes_using
 from tests.slurm_cluster import start_slurm
@@ -35,7 +36,9 @@ def test_sbatch_starts_ray_trains_and_cleans_up(slurm, tmp_path):
     job = slurm.run("sbatch", "--wait", "--parsable", f"--output={out}", str(LAUNCH / "slurm.sbatch"),
                     "--config", "tests/configs/smoke.yaml", "steps=2", f"output_dir={run_dir}",
                     f"model.tiny_model_dir={tmp_path / 'tiny'}", "cluster.ready_timeout_s=120", cwd=REPO, timeout=1200,
-                    env={"HF_HUB_OFFLINE": "1", "GPUS_PER_NODE": "0"})
+                    env={"HF_HUB_OFFLINE": "1", "GPUS_PER_NODE": "0",
+                         # the test session's own Ray holds the default job-agent port on this machine
+                         "RAY_DASHBOARD_AGENT_PORT": str(free_port())})
     log = out.read_text() if out.exists() else "(no output file)"
     assert job.returncode == 0, f"{job.stderr}\n{log[-5000:]}"
     assert "ray: joining the cluster at" in log and "step 2 |" in log

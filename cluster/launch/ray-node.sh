@@ -6,7 +6,8 @@
 #                                               to the job API at URL, follow its logs, exit 0 if it succeeded
 # Token authentication is always on: every node and client needs the same token, in RAY_AUTH_TOKEN or in the
 # file Ray reads by default (~/.ray/auth_token). The dashboard and job API listen on RAY_DASHBOARD_HOST (default
-# 127.0.0.1); RAY_PORT (6379) and RAY_DASHBOARD_PORT (8265). RAY_NODE_BLOCK=0: start and return (`ray up`).
+# 127.0.0.1); RAY_PORT (6379), RAY_DASHBOARD_PORT (8265) and RAY_DASHBOARD_AGENT_PORT (52365: each node's job agent;
+# another Ray on the same machine may hold it). RAY_NODE_BLOCK=0: start and return (`ray up`).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 if [ -z "${RAY_AUTH_TOKEN:-}" ] && [ ! -s "${RAY_AUTH_TOKEN_PATH:-$HOME/.ray/auth_token}" ]; then
@@ -16,18 +17,19 @@ fi
 export RAY_AUTH_MODE=token
 block=(--block)
 [ "${RAY_NODE_BLOCK:-1}" = 0 ] && block=()
+agent_port="--dashboard-agent-listen-port=${RAY_DASHBOARD_AGENT_PORT:-52365}"
 role="${1:?usage: ray-node.sh head|worker HOST:PORT|submit URL -- COMMAND...}"
 shift
 
 case "$role" in
   head)
-    exec ray start --head "${block[@]}" --disable-usage-stats --port="${RAY_PORT:-6379}" \
+    exec ray start --head "${block[@]}" --disable-usage-stats "$agent_port" --port="${RAY_PORT:-6379}" \
       --dashboard-host="${RAY_DASHBOARD_HOST:-127.0.0.1}" --dashboard-port="${RAY_DASHBOARD_PORT:-8265}" "$@"
     ;;
   worker)
     address="${1:?usage: ray-node.sh worker HOST:PORT}"
     shift
-    exec ray start --address="$address" "${block[@]}" --disable-usage-stats "$@"
+    exec ray start --address="$address" "${block[@]}" --disable-usage-stats "$agent_port" "$@"
     ;;
   submit)
     url="${1:?usage: ray-node.sh submit URL -- COMMAND...}"
