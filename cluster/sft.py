@@ -63,14 +63,14 @@ def load_sft_samples(config: SFTRunConfig, tokenizer) -> tuple[list[SFTSample], 
 
 def run_sft(config: SFTRunConfig) -> Path:
     """Train, then write `<output_dir>/model` (merged weights + tokenizer); returns that folder."""
+    out = Path(config.output_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    if not config.show_logs:
+        quiet_driver(out / "logs")  # before transformers imports DeepSpeed, which logs on import
     from transformers import AutoTokenizer
 
     from learner.actor import GRPOLearner
 
-    out = Path(config.output_dir).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    if not config.show_logs:
-        quiet_driver(out / "logs")
     (out / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
     model_path = resolve_model(config.model, ToyConfig())
     samples, report = load_sft_samples(config, AutoTokenizer.from_pretrained(model_path))
