@@ -5,6 +5,10 @@ A checkpoint is `<dir>/step-NNNNNNNN/` holding `adapter/` (PEFT files, loadable 
 adapter version and digest, data position, metrics offset, eval history) with `driver-rng.pkl`. It is written as
 `step-N.partial`, fsynced, then renamed: a crash at any moment leaves either the complete folder or a partial
 one that is ignored and cleaned up.
+
+Every manifest names the run that wrote it (`run_id`) and the config fields that fix what it samples and in
+what order (RESUME_FIELDS): a fresh run never writes into, prunes or resumes another run's checkpoints, and a
+resume with other such settings is refused field by field.
 """
 
 from __future__ import annotations
@@ -15,10 +19,13 @@ import pickle
 import random
 import re
 import shutil
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+
+from cluster.config import BadInput
 
 STEP_FOLDER = re.compile(r"^step-(\d+)$")
 MANIFEST = "driver.json"
@@ -40,17 +47,56 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+# Config fields that change what a run samples or in what order; `steps` (and speed settings) may change.
+RESUME_FIELDS = (
+    "model.path", "model.warm_start", "data", "rollout.prompts_per_step", "rollout.samples_per_prompt",
+    "rollout.continuations", "rollout.rounds", "rollout.temperature", "rollout.continuation_temperature",
+    "rollout.top_p", "rollout.continuation_top_p", "rollout.max_tokens", "rollout.continuation_policy",
+    "rollout.dtype", "rollout.seed", "rollout.num_workers", "reward", "learner.lora_rank", "learner.lora_alpha",
+    "learner.target_modules", "learner.num_ranks", "learner.seed",
+)
+
+
+def resume_fields(config: dict) -> dict:
+    """The RESUME_FIELDS of a config (as a dict), by dotted name."""
+    values = {}
+    for name in RESUME_FIELDS:
+        node = config
+        for part in name.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        values[name] = node
+    return values
+
+
+def resume_mismatches(saved: dict, current: dict) -> list[str]:
+    """'field: checkpoint X, now Y' for each resume field that differs."""
+    return [f"{name}: checkpoint {saved[name]!r}, now {current[name]!r}"
+            for name in RESUME_FIELDS if name in saved and saved[name] != current[name]]
+
+
+def read_manifest(folder: Path) -> dict:
+    return json.loads((folder / MANIFEST).read_text())
+
+
 class Checkpoints:
     def __init__(self, root: str | Path, keep: int):
         self.root, self.keep = Path(root).resolve(), keep
 
-    def complete(self) -> list[Path]:
-        """Finished checkpoints, oldest first."""
+    def complete(self, run_id: str | None = None) -> list[Path]:
+        """Finished checkpoints (of run `run_id` when given), oldest first."""
         if not self.root.is_dir():
             return []
         found = [(int(m.group(1)), p) for p in self.root.iterdir()
                  if (m := STEP_FOLDER.match(p.name)) and (p / MANIFEST).is_file()]
+        if run_id is not None:
+            found = [(step, p) for step, p in found if read_manifest(p).get("run_id") == run_id]
         return [p for _, p in sorted(found)]
+
+    def clean(self) -> None:
+        """Remove what a crash mid-save left behind (a staging or retired folder); complete ones stay."""
+        if self.root.is_dir():
+            for leftover in [*self.root.glob("step-*.partial"), *self.root.glob("step-*.old")]:
+                shutil.rmtree(leftover, ignore_errors=True)
 
     def latest(self) -> Path | None:
         done = self.complete()
@@ -76,14 +122,9 @@ class Checkpoints:
             shutil.rmtree(retired)
         staging.rename(final)
         fsync_dir(self.root)
-        self._prune()
-        return final
-
-    def _prune(self) -> None:
-        for old in self.complete()[: -self.keep]:
+        for old in self.complete(state.get("run_id"))[: -self.keep]:
             shutil.rmtree(old, ignore_errors=True)
-        for leftover in self.root.glob("step-*.partial"):
-            shutil.rmtree(leftover, ignore_errors=True)
+        return final
 
     def resolve(self, resume: str) -> Path | None:
         """`auto`: the newest complete checkpoint, None when there is none; else the folder named."""
@@ -91,7 +132,7 @@ class Checkpoints:
             return self.latest()
         path = Path(resume).resolve()
         if not (path / MANIFEST).is_file():
-            raise FileNotFoundError(f"--resume {resume}: not a complete checkpoint (no {MANIFEST}); complete ones "
+            raise BadInput(f"--resume {resume}: not a complete checkpoint (no {MANIFEST}); complete ones "
                                     f"in {self.root}: {[p.name for p in self.complete()] or 'none'}")
         return path
 
@@ -102,4 +143,26 @@ def load_state(folder: Path) -> dict:
         rng = pickle.load(f)
     random.setstate(rng["python"])
     np.random.set_state(rng["numpy"])
-    return json.loads((folder / MANIFEST).read_text())
+    return read_manifest(folder)
+
+
+def claim(checkpoints: Checkpoints, config: dict, resume: str | None, resume_hint: str) -> tuple[Path | None, str]:
+    """The checkpoint to resume (None: a fresh run) and the run id to write under.
+
+    A fresh run stops when the folder holds another run's checkpoints, rather than pruning or later resuming
+    them by accident; a resume stops when a RESUME_FIELDS setting differs from the checkpoint's."""
+    checkpoints.clean()
+    folder = checkpoints.resolve(resume) if resume else None
+    if folder is None:
+        existing = checkpoints.complete()
+        if existing and resume is None:
+            raise BadInput(f"checkpoint.dir {checkpoints.root}: holds another run's checkpoints ("
+                           f"{', '.join(p.name for p in existing)}); continue that run with --resume auto, or "
+                           "choose another output_dir (or checkpoint.dir); nothing was changed")
+        return None, uuid.uuid4().hex[:12]
+    manifest = read_manifest(folder)
+    mismatches = resume_mismatches(manifest.get("config", {}), resume_fields(config))
+    if mismatches:
+        raise BadInput(f"--resume {folder}: the checkpoint was written with other settings ({'; '.join(mismatches)}); "
+                       f"resume with the run's own settings ({resume_hint}) or start a new run in another output_dir")
+    return folder, manifest.get("run_id") or uuid.uuid4().hex[:12]

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import difflib
+import os
+import re
 import sys
+import traceback
 
-from cluster.config import ConfigError, RunConfig, SFTRunConfig, load_config
+from cluster.config import BadInput, ConfigError, RunConfig, SFTRunConfig, load_config
 
 OVERRIDES_HELP = "override a config key, dotted path (e.g. rollout.rounds=3)"
 
@@ -19,9 +23,34 @@ def _config_command(commands, name: str, help_text: str, description: str):
     return command
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with the nearest command or option suggested for a misspelt one."""
+
+    def error(self, message: str):
+        word = re.search(r"invalid choice: '([^']+)'|unrecognized arguments: (\S+)", message)
+        if word:
+            typed = word.group(1) or word.group(2)
+            known = [c for a in self._actions for c in (a.choices or {} if a.nargs == argparse.PARSER else a.option_strings)]
+            close = difflib.get_close_matches(typed, known, n=1)
+            if close:
+                message += f" (did you mean {close[0]}?)"
+        super().error(message)
+
+
+def _parse(parser: argparse.ArgumentParser, commands, argv: list[str]) -> argparse.Namespace:
+    """Overrides may stand before and after options (`train a=1 --resume auto b=2`): the command's own parser
+    reads its arguments intermixed, which argparse cannot do through a subparser."""
+    index = next((i for i, a in enumerate(argv) if not a.startswith("-")), len(argv))
+    if index == len(argv) or argv[index] not in commands.choices:
+        return parser.parse_args(argv)  # help, or the error that names an unknown command
+    name = argv[index]
+    return commands.choices[name].parse_intermixed_args(argv[index + 1 :], argparse.Namespace(command=name))
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="motif", description="MOTIF / GRPO reinforcement learning on Ray + vLLM + DeepSpeed.")
-    commands = parser.add_subparsers(dest="command", required=True)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = Parser(prog="motif", description="MOTIF / GRPO reinforcement learning on Ray + vLLM + DeepSpeed.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     train = _config_command(commands, "train", "run GRPO / MOTIF training",
                             "Run GRPO / MOTIF training. Settings come from --config, then key=value overrides "
                             "(e.g. rollout.rounds=3 learner.learning_rate=1e-5 steps=10).")
@@ -40,8 +69,19 @@ def main(argv: list[str] | None = None) -> int:
     report.add_argument("--out", help="PNG path (default RUN_DIR/report.png)")
     build = commands.add_parser("build-tiny-model", help="write the tiny offline Qwen2 model and tokenizer to a folder")
     build.add_argument("path")
-    args = parser.parse_args(argv)
+    # `motif paths`: where an installed copy keeps its shipped files (e.g. `$(motif paths launch)/ray-node.sh`).
+    paths = commands.add_parser("paths", help="print where the shipped configs, datasets, launch scripts and the "
+                                "model cache are")
+    paths.add_argument("what", nargs="?", choices=["configs", "datasets", "launch", "constraints", "cache"],
+                       help="print only this path")
+    args = _parse(parser, commands, argv)
 
+    if args.command == "paths":
+        from cluster.models import shipped_paths
+
+        found = shipped_paths()
+        print(*([found[args.what]] if args.what else [f"{name}: {path}" for name, path in found.items()]), sep="\n")
+        return 0
     if args.command == "build-tiny-model":
         from learner.tiny_model import build_tiny_model
 
@@ -66,29 +106,58 @@ def main(argv: list[str] | None = None) -> int:
             config.show_logs = True
         else:
             config.cluster.show_logs = True
-    if args.command in ("train", "eval"):
-        from cluster.workers import close_local_ray, cluster_address
+    try:
+        return _run(args, config)
+    except BadInput as e:
+        return _fail(e, 2)
+    except Exception as e:
+        if isinstance(e, _run_failures()):
+            return _fail(e, 1)
+        raise
 
-        if cluster_address(config) is None:
-            close_local_ray()
+
+def _run_failures() -> tuple[type[Exception], ...]:
+    """Errors that end a run with a message of their own (what failed, and how to resume)."""
+    from cluster.driver import RunStalled
+    from cluster.evaluation import EvalFailed
+    from cluster.workers import PlacementError
+    from learner.group import LearnerDied
+    from rollout.failures import WorkerStartFailed
+
+    return LearnerDied, PlacementError, WorkerStartFailed, EvalFailed, RunStalled
+
+
+def _fail(error: Exception, code: int) -> int:
+    """One line naming what went wrong; the traceback only when asked for (MOTIF_DEBUG=1)."""
+    if os.environ.get("MOTIF_DEBUG"):
+        traceback.print_exception(error)
+    print(f"motif: {error}", file=sys.stderr)
+    return code
+
+
+def _run(args: argparse.Namespace, config) -> int:
+    from cluster import preflight
+
     if args.command == "sft":
+        preflight.check_sft(config)
         from cluster.sft import run_sft
 
         run_sft(config)
-    elif args.command == "eval":
-        from cluster.evaluation import run_eval
+        return 0
+    from cluster.workers import close_local_ray, cluster_address
 
+    if cluster_address(config) is None:
+        close_local_ray()
+    if args.command == "eval":
+        from cluster.evaluation import eval_folder, run_eval
+
+        preflight.check_eval(config, eval_folder(config))
         run_eval(config)
     else:
+        preflight.check_train(config)
         from cluster.driver import train
-        from cluster.workers import PlacementError
-        from learner.group import LearnerDied
 
-        try:
-            train(config, resume=args.resume)
-        except (LearnerDied, PlacementError, FileNotFoundError) as e:
-            print(f"motif: {e}", file=sys.stderr)
-            return 1
+        train(config, resume=args.resume)
     return 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -20,12 +21,17 @@ class ConfigError(ValueError):
     """A config file or override that names an unknown key or holds a value of the wrong type."""
 
 
+class BadInput(ValueError):
+    """Something the config names that cannot be used: a missing model, a dataset with no usable rows, an
+    adapter that does not fit, a folder that cannot be written."""
+
+
 @dataclass
 class WarmStartConfig:
     """`model.path: toy-warm-start`: the tiny model SFT'd on imperfect toy-task traces (data.toy), built on
     first use and cached under `dir` by these settings."""
 
-    dir: str = "runs/warm-start"
+    dir: str | None = None  # None: <cache>/warm-start, one per user (cluster.models.cache_dir)
     problems: int = 2000  # train problems, each solved once per entry of `rounds`
     rounds: list[int] = field(default_factory=lambda: [1, 3])  # protocols to imitate: 1 = single round
     error_rate: float = 0.06  # chance that a written step is wrong: leaves room for RL
@@ -40,7 +46,7 @@ class ModelConfig:
     # A hub id or local folder loaded with from_pretrained; "tiny" builds the offline tiny Qwen2 model;
     # "toy-warm-start" builds (once) the tiny model SFT'd on the toy task.
     path: str = "tiny"
-    tiny_model_dir: str = "runs/tiny-model"
+    tiny_model_dir: str | None = None  # None: <cache>/tiny-model-<code digest>, one per user (cluster.models.cache_dir)
     warm_start: WarmStartConfig = field(default_factory=WarmStartConfig)
 
 
@@ -114,7 +120,7 @@ class ClusterConfig:
 
 @dataclass
 class CheckpointConfig:
-    every: int = 0  # steps between checkpoints (0: only at the end); always one at the end
+    every: int = 10  # steps between checkpoints (0: only at the end); always one at the end
     keep: int = 2  # newest checkpoints kept
     dir: str | None = None  # None: <output_dir>/checkpoints
 
@@ -132,12 +138,15 @@ class EvalConfig:
     n: int = 4  # samples per question
     adapter: str | None = None  # `motif eval`: a PEFT adapter folder to evaluate the model with
     output_dir: str | None = None  # `motif eval`: where samples.jsonl and summary.json go (None: <output_dir>/eval)
+    # Samples whose generation failed are left out of the summary; above this share there is no summary at all.
+    max_failed_fraction: float = 0.05
 
 
 @dataclass
 class RunConfig:
     steps: int = 4
     output_dir: str = "runs/demo"
+    max_skipped_steps: int = 3  # steps in a row with nothing to learn from (all failed or too long) end the run
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
@@ -149,8 +158,8 @@ class RunConfig:
 
     def validate(self) -> None:
         r, e, c = self.rollout, self.eval, self.cluster
-        if self.steps < 1:
-            raise ConfigError(f"steps must be >= 1, got {self.steps}")
+        if self.steps < 1 or self.max_skipped_steps < 1:
+            raise ConfigError(f"steps and max_skipped_steps must be >= 1, got {self.steps}, {self.max_skipped_steps}")
         for name in ("temperature", "continuation_temperature"):
             if not getattr(r, name) > 0:
                 raise ConfigError(f"rollout.{name} must be > 0 (the learner divides logits by it), got {getattr(r, name)}")
@@ -161,6 +170,8 @@ class RunConfig:
             raise ConfigError("rollout.continuation_top_p and eval.top_p must be in (0, 1]")
         if e.temperature < 0 or e.n < 1 or e.every < 0 or (e.rounds is not None and e.rounds < 1):
             raise ConfigError("eval: temperature must be >= 0, n and rounds >= 1, every >= 0")
+        if not 0 <= e.max_failed_fraction < 1:
+            raise ConfigError(f"eval.max_failed_fraction must be in [0, 1), got {e.max_failed_fraction}")
         for name in ("prompts_per_step", "samples_per_prompt", "continuations", "rounds", "max_tokens"):
             if getattr(r, name) < 1:
                 raise ConfigError(f"rollout.{name} must be >= 1, got {getattr(r, name)}")
@@ -286,7 +297,9 @@ def _build(cls, values: dict, where: str):
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise ConfigError(f"unknown config key {where + '.' if where else ''}{unknown[0]} (known: {', '.join(sorted(known))})")
+        close = difflib.get_close_matches(unknown[0], known, n=1)
+        hint = f"; did you mean {close[0]}?" if close else f" (known: {', '.join(sorted(known))})"
+        raise ConfigError(f"unknown config key {where + '.' if where else ''}{unknown[0]}{hint}")
     required = [f.name for f in dataclasses.fields(cls)
                 if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
     missing = [name for name in required if name not in values]
@@ -316,12 +329,37 @@ def apply_override(raw: dict, override: str) -> None:
     node[leaf] = yaml.safe_load(text)
 
 
+# --- `--config NAME`: the configs shipped inside the package, found from any directory ---
+CONFIGS = Path(__file__).parent / "configs"
+
+
+def shipped_configs() -> list[str]:
+    return sorted(p.stem for p in CONFIGS.glob("*.yaml"))
+
+
+def resolve_config(path: str | Path) -> Path:
+    """A config file that exists wins; else a bare name (`demo`, `demo.yaml`) is a shipped config,
+    cluster/configs/<name>.yaml; anything else is a ConfigError naming the shipped configs."""
+    given = Path(path)
+    if given.is_file():
+        return given
+    shipped = ", ".join(shipped_configs()) or "none"
+    if len(given.parts) == 1 and given.name not in ("", ".", ".."):
+        name = given.name.removesuffix(".yaml").removesuffix(".yml")
+        if (CONFIGS / f"{name}.yaml").is_file():
+            return CONFIGS / f"{name}.yaml"
+        raise ConfigError(f"no config file {str(path)!r} and no shipped config named {name!r} (shipped: {shipped})")
+    raise ConfigError(f"config file not found: {path} (shipped configs, by name: {shipped})")
+# --- end `--config NAME` ---
+
+
 def load_config(path: str | Path | None, overrides: list[str] = (), kind: type = RunConfig):
-    """A validated `kind` (RunConfig, SFTRunConfig) from a YAML file and `a.b=value` overrides."""
+    """A validated `kind` (RunConfig, SFTRunConfig) from a YAML file (or a shipped config's name) and
+    `a.b=value` overrides."""
     raw: dict = {}
     if path is not None:
         try:
-            raw = yaml.safe_load(Path(path).read_text()) or {}
+            raw = yaml.safe_load(resolve_config(path).read_text()) or {}
         except FileNotFoundError:
             raise ConfigError(f"config file not found: {path}") from None
         except yaml.YAMLError as e:

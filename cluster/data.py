@@ -8,7 +8,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cluster.config import DataConfig
+from cluster.config import BadInput, DataConfig
 from cluster.toy_task import toy_problems
 from rewards.math_answers import gsm8k_gold
 
@@ -72,11 +72,12 @@ def _source_file(config: DataConfig) -> Path | None:
     named = NAMED_DATASETS.get(config.path)
     if named is not None:
         if config.split not in named.splits:
-            raise ValueError(f"dataset {config.path} has splits {', '.join(named.splits)}, not {config.split!r}")
+            raise BadInput(f"data.split {config.split}: dataset {config.path} has splits {', '.join(named.splits)}, "
+                           f"not {config.split!r}")
         return SHIPPED / config.path / f"{config.split}.jsonl"
     if Path(config.path).suffix in (".jsonl", ".json") or Path(config.path).is_file():
         if not Path(config.path).is_file():
-            raise FileNotFoundError(f"data.path {config.path} does not exist")
+            raise BadInput(f"data.path {config.path}: no such file")
         return Path(config.path)
     return None
 
@@ -87,6 +88,7 @@ def jsonl_rows(path: str | Path):
 
     # The text builder never fails on a bad line, so one malformed row costs one row, not the run; each
     # line is then parsed here to name the bad ones.
+    datasets.disable_progress_bars()  # a few rows are read in a blink; the bar would only clutter the console
     lines = datasets.load_dataset("text", data_files=str(path), split="train")
     for i, line in enumerate(lines["text"]):
         if not line.strip():
@@ -152,5 +154,5 @@ def load_problems(config: DataConfig) -> tuple[list[Problem], LoadReport]:
         problems.append(Problem(question.strip(), gold, i))
     report.loaded = len(problems)
     if not problems:
-        raise ValueError(f"no usable problems in {config.path}: {report.summary()}")
+        raise BadInput(f"data.path {config.path}: no usable problems; {report.summary()}")
     return problems, report

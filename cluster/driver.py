@@ -3,19 +3,21 @@ held-out evaluation at step 0, every `eval.every` steps and at the end."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import time
+from collections import Counter
 from pathlib import Path
 
 import yaml
 from tqdm import tqdm
 
-from cluster.checkpoint import Checkpoints, load_state
-from cluster.config import RunConfig, to_dict
+from cluster.checkpoint import Checkpoints, claim, load_state, resume_fields
+from cluster.config import BadInput, RunConfig, to_dict
 from cluster.console import quiet_driver
 from cluster.data import Problem, load_problems
-from cluster.evaluation import eval_problems, eval_spec, evaluate, write_eval
+from cluster.evaluation import EvalFailed, eval_problems, eval_spec, evaluate, write_eval
 from cluster.metrics import MetricsLog
 from cluster.models import resolve_model
 from cluster.report import plot_run
@@ -28,6 +30,10 @@ from rewards import RewardSample, build_rewards, score_samples
 from rollout.engine import ABORTED, PROMPT_TOO_LONG
 from rollout.protocols import MotifSpec, motif_response_format
 from rollout.records import AdapterPayload, MotifTrajectory
+
+
+class RunStalled(RuntimeError):
+    """Steps in a row produced nothing to learn from: the run stops instead of spinning."""
 
 
 def prompt_batch(problems: list[Problem], size: int, seed: int, index: int) -> list[Problem]:
@@ -55,6 +61,33 @@ def reward_samples(trajectories: list[MotifTrajectory], batch: list[Problem], sp
     ]
 
 
+def attested(trajectories: list[MotifTrajectory], digest: str, continuation_digest: str) -> tuple[list[MotifTrajectory], Counter]:
+    """The trajectories a step trains on: round 1 finished under the adapter just pushed (`digest`), and of its
+    continuation chains only those whose every round finished under the expected policy (`continuation_digest`:
+    the same adapter, or "" for the frozen base model). A failed or stale continuation says nothing about its
+    round-1 sample, so it leaves the reward instead of counting as a wrong answer; a sample left with no chain
+    is dropped."""
+    kept, counts = [], Counter()
+    for t in trajectories:
+        if t.first.finish_reason == ABORTED:
+            counts["failed"] += 1
+            continue
+        if t.first.adapter_digest != digest:
+            counts["stale"] += 1
+            continue
+        if t.chains:
+            good = [i for i, chain in enumerate(t.chains)
+                    if all(c.finish_reason != ABORTED and c.adapter_digest == continuation_digest for c in chain)]
+            counts["dropped_continuations"] += len(t.chains) - len(good)
+            if not good:
+                counts["failed"] += 1
+                continue
+            t = dataclasses.replace(t, chains=[t.chains[i] for i in good],
+                                    round_prompts=[t.round_prompts[i] for i in good])
+        kept.append(t)
+    return kept, counts
+
+
 def rollout_stats(trajectories: list[MotifTrajectory]) -> dict:
     firsts = [t.first for t in trajectories]
     finals = [c for t in trajectories for chain in t.chains for c in chain[-1:]]
@@ -72,6 +105,7 @@ class HeldOutEval:
 
     def __init__(self, config: RunConfig, pool, spec: MotifSpec, run_dir: Path):
         self.every, self.pool, self.folder = config.eval.every, pool, run_dir / "eval"
+        self.max_failed_fraction = config.eval.max_failed_fraction
         self.spec = eval_spec(config, spec)
         self.problems = eval_problems(config) if self.every else []
         self.history: list[tuple[int, float]] = []
@@ -83,7 +117,12 @@ class HeldOutEval:
         # Every evaluation samples under the same seeds: the difference between two reflects the model more
         # than the dice.
         t0 = time.perf_counter()
-        summary, samples = evaluate(self.pool, self.problems, self.spec, desc=f"eval step {step}", key=("eval",))
+        try:
+            summary, samples = evaluate(self.pool, self.problems, self.spec, desc=f"eval step {step}", key=("eval",),
+                                        max_failed_fraction=self.max_failed_fraction)
+        except EvalFailed as e:
+            tqdm.write(f"motif: {e}")
+            return {"eval/failed": 1.0, "time_eval": time.perf_counter() - t0}
         write_eval(self.folder / f"step-{step}", summary, samples)
         self.history.append((step, summary["pass@1"]))
         n = summary["n"]
@@ -162,16 +201,17 @@ class Run:
 def train(config: RunConfig, resume: str | None = None) -> Path:
     """Run GRPO steps up to `config.steps`, from scratch or from a checkpoint; returns the run folder."""
     run_dir = Path(config.output_dir).resolve()
+    run = Run(config, run_dir)
+    settings = to_dict(config)
+    checkpoint, run_id = claim(run.checkpoints, settings, resume, run.resume_hint)
+    problems, report = load_problems(config.data)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(settings, sort_keys=False))
     log_dir = None if config.cluster.show_logs else run_dir / "logs"
     if log_dir is not None:
         quiet_driver(log_dir)
-    problems, report = load_problems(config.data)
     tqdm.write(f"data: {report.summary()}")
     model_path = resolve_model(config.model, config.data.toy)
-    run = Run(config, run_dir)
-    checkpoint = run.checkpoints.resolve(resume) if resume else None
     if resume == "auto" and checkpoint is None:
         tqdm.write(f"--resume auto: no checkpoint in {run.checkpoints.root}, starting from step 0")
     start_ray(config, log_dir)
@@ -197,18 +237,18 @@ def train(config: RunConfig, resume: str | None = None) -> Path:
         first = state["step"] + 1
         if held_out.every and first == 1:
             log.log(0, held_out.run(0))
-        version = state["adapter_version"]
+        version, unusable = state["adapter_version"], 0
         for step in tqdm(range(first, config.steps + 1), desc="train", unit="step", initial=first - 1, total=config.steps):
             batch = prompt_batch(problems, r.prompts_per_step, config.data.shuffle_seed, step - 1)
             t0 = time.perf_counter()
             run.pool.begin("train", step)
             sampled = run.pool.motif_rollout([p.question for p in batch], spec)
             t1 = time.perf_counter()
-            # Attestation: only samples generated under the adapter just pushed are trained on. Samples whose
-            # generation failed every retry are left out of the step too (counted as rollout/failed_requests).
-            finished = [t for t in sampled if t.first.finish_reason != ABORTED]
-            trajectories = [t for t in finished if t.first.adapter_digest == run.pool.digest]
-            metrics = {**run.pool.take_counters(), "rollout/stale_dropped": float(len(finished) - len(trajectories))}
+            continuation_digest = run.pool.digest if r.continuation_policy == "current" else ""
+            trajectories, dropped = attested(sampled, run.pool.digest, continuation_digest)
+            metrics = {**run.pool.take_counters(), "rollout/stale_dropped": float(dropped["stale"]),
+                       "rollout/failed_samples": float(dropped["failed"]),
+                       "rollout/dropped_continuations": float(dropped["dropped_continuations"])}
             samples = []
             if trajectories:
                 totals, reward_metrics = score_samples(rewards, reward_samples(trajectories, batch, spec))
@@ -221,6 +261,7 @@ def train(config: RunConfig, resume: str | None = None) -> Path:
                 metrics.update({**reward_metrics, **rollout_stats(trajectories)})
             t2 = time.perf_counter()
             if samples:
+                unusable = 0
                 metrics.update(run.learner.train_step(samples))
                 t3 = time.perf_counter()
                 version = step
@@ -229,9 +270,14 @@ def train(config: RunConfig, resume: str | None = None) -> Path:
             else:
                 # Nothing to learn from (every prompt too long, or every generation failed): the run goes on.
                 why = (f"all {len(batch)} prompts exceed rollout.max_model_len" if trajectories else
-                       f"no usable sample ({len(sampled) - len(finished)} failed, {len(finished)} stale)")
+                       f"no usable sample ({dropped['failed']} failed, {dropped['stale']} stale)")
                 tqdm.write(f"step {step}: skipped, {why}")
                 metrics["skipped_step"] = 1.0
+                unusable += 1
+                if unusable >= config.max_skipped_steps:
+                    log.log(step, metrics)
+                    raise RunStalled(f"{unusable} steps in a row had nothing to learn from (step {step}: {why}; "
+                                     f"max_skipped_steps={config.max_skipped_steps}); the run stops. {run.resume_hint}")
             metrics.update(adapter_version=version, time_rollout=t1 - t0, time_reward=t2 - t1)
             if held_out.due(step, config.steps):
                 metrics.update(held_out.run(step))
@@ -239,7 +285,7 @@ def train(config: RunConfig, resume: str | None = None) -> Path:
             if step == config.steps or (config.checkpoint.every and step % config.checkpoint.every == 0):
                 saved = run.save(step, {"step": step, "adapter_version": version, "data_position": step,
                                         "metrics_offset": log.offset(), "eval_history": held_out.history,
-                                        "sampling_seed": r.seed})
+                                        "run_id": run_id, "config": resume_fields(settings)})
                 tqdm.write(f"checkpoint: {saved}")
         final = run_dir / "adapter"
         run.learner.export_adapter(str(final))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections import Counter
-from math import comb
+from math import comb, exp, lgamma, log, sqrt
 from pathlib import Path
 
 from tqdm import tqdm
@@ -16,7 +16,7 @@ from cluster.data import Problem, load_problems
 from cluster.spec import motif_spec
 from rewards import FORMATS, build_rewards, grade_batch
 from rewards.math_answers import answer_key
-from rollout.engine import PROMPT_TOO_LONG
+from rollout.engine import ABORTED, PROMPT_TOO_LONG
 from rollout.protocols import MotifSpec, motif_response_format
 from rollout.records import SamplingSpec
 
@@ -53,9 +53,70 @@ def majority_correct(answers: list[str | None], correct: list[bool]) -> bool:
     return correct[keys.index(winner)]
 
 
+def _incomplete_beta(a: float, b: float, x: float) -> float:
+    """The regularized incomplete beta function I_x(a, b), by its continued fraction (Numerical Recipes 6.4)."""
+    if x <= 0.0 or x >= 1.0:
+        return 0.0 if x <= 0.0 else 1.0
+    if x > (a + 1) / (a + b + 2):  # the fraction converges fast only below this point
+        return 1.0 - _incomplete_beta(b, a, 1.0 - x)
+    tiny = 1e-300
+    front = exp(lgamma(a + b) - lgamma(a) - lgamma(b) + a * log(x) + b * log(1.0 - x)) / a
+    c, d = 1.0, 1.0 - (a + b) * x / (a + 1)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 300):
+        for numerator in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+                          -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
+            d = 1.0 + numerator * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + numerator / c
+            c = c if abs(c) > tiny else tiny
+            h *= c * d
+        if abs(c * d - 1.0) < 1e-15:
+            break
+    return front * h
+
+
+def t_quantile(p: float, df: int) -> float:
+    """The p-quantile (p >= 0.5) of Student's t with df degrees of freedom: bisection on its CDF,
+    P(T <= t) = 1 - I_{df/(df+t^2)}(df/2, 1/2) / 2 for t >= 0. Pure Python: no scipy in the light install."""
+    lo, hi = 0.0, 1e4
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        if 1.0 - 0.5 * _incomplete_beta(df / 2, 0.5, df / (df + mid * mid)) < p:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2
+
+
+def clustered_interval(per_question: list[float], level: float = 0.95) -> tuple[float, float, float] | None:
+    """(stderr, lo, hi) of the mean of per-question accuracies; None with fewer than 2 questions.
+
+    The n samples of one question are not independent draws (they share its difficulty), so treating all
+    questions x n samples as Bernoulli trials (a Wilson or normal interval on the pooled rate) understates
+    the uncertainty. The question is the unit: each contributes its mean accuracy, and the interval is the
+    mean of those Q values +- t(level, Q-1) * sd / sqrt(Q) (sd with Q-1), i.e. a cluster-robust interval,
+    which covers both which questions were drawn and the sampling noise within each. t rather than the
+    normal 1.96 because held-out sets can be small (t(0.975, 63) = 2.00, t(0.975, 9) = 2.26). Clipped to
+    [0, 1]. When every question has the same accuracy (all 0 or all 1), sd = 0 and the interval collapses
+    to a point: more questions, not a narrower interval, are the cure there. Two evaluations on the same
+    questions are paired: their difference has a tighter interval than these two intervals suggest.
+    """
+    q = len(per_question)
+    if q < 2:
+        return None
+    mean = sum(per_question) / q
+    sd = sqrt(sum((v - mean) ** 2 for v in per_question) / (q - 1))
+    stderr = sd / sqrt(q)
+    half = t_quantile(0.5 + level / 2, q - 1) * stderr
+    return stderr, max(0.0, mean - half), min(1.0, mean + half)
+
+
 def summarize(samples: list[dict], n: int) -> dict:
-    """pass@1 (mean over the n samples), unbiased pass@k and maj@k (first k samples) for every k <= n, the
-    format rate, mean tokens per round, and counts of samples with no answer or a truncated round."""
+    """pass@1 (mean over the n samples) with its 95% interval (`pass@1_stderr`, `pass@1_lo`, `pass@1_hi`:
+    see clustered_interval; None with one question), unbiased pass@k and maj@k (first k samples) for every
+    k <= n, the format rate, mean tokens per round, and counts of samples with no answer or a truncated round."""
     by_question: dict = {}
     for s in samples:
         by_question.setdefault(s["question_id"], []).append(s)
@@ -63,6 +124,8 @@ def summarize(samples: list[dict], n: int) -> dict:
     summary = {"questions": len(groups), "samples": len(samples), "n": n}
     for k in range(1, n + 1):
         summary[f"pass@{k}"] = sum(pass_at_k(n, sum(s["correct"] for s in g), k) for g in groups) / len(groups)
+    interval = clustered_interval([pass_at_k(n, sum(s["correct"] for s in g), 1) for g in groups])
+    summary["pass@1_stderr"], summary["pass@1_lo"], summary["pass@1_hi"] = interval or (None, None, None)
     for k in range(1, n + 1):
         summary[f"maj@{k}"] = sum(
             majority_correct([s["answer"] for s in g[:k]], [s["correct"] for s in g[:k]]) for g in groups
@@ -78,9 +141,18 @@ def summarize(samples: list[dict], n: int) -> dict:
     return summary
 
 
-def evaluate(pool, problems: list[Problem], spec: MotifSpec, desc: str = "eval", key: tuple = ("eval",)) -> tuple[dict, list[dict]]:
+class EvalFailed(RuntimeError):
+    """Too many samples of an evaluation failed to generate for its numbers to mean anything."""
+
+
+def evaluate(pool, problems: list[Problem], spec: MotifSpec, desc: str = "eval", key: tuple = ("eval",),
+             max_failed_fraction: float = 0.0) -> tuple[dict, list[dict]]:
     """Run `spec` on every problem through the rollout pool; returns (summary, one record per sample). `key`
-    names the evaluation, which fixes its sampling seeds."""
+    names the evaluation, which fixes its sampling seeds.
+
+    A sample whose generation failed (a request that failed every retry) is no answer, not a wrong one: its
+    question leaves the summary, which counts it as `failed_requests`. More than `max_failed_fraction` of the
+    samples failed, or none succeeded: EvalFailed, and no summary."""
     samples = []
     for start in tqdm(range(0, len(problems), QUESTIONS_PER_CALL), desc=desc, unit="batch", leave=False):
         batch = problems[start : start + QUESTIONS_PER_CALL]
@@ -100,12 +172,19 @@ def evaluate(pool, problems: list[Problem], spec: MotifSpec, desc: str = "eval",
                 "format_ok": all(FORMATS[f](c.text) for f, c in zip(formats, rounds)),
                 "truncated": any(c.finish_reason == "length" for c in rounds),
                 "prompt_too_long": any(c.finish_reason == PROMPT_TOO_LONG for c in rounds),
+                "failed": any(c.finish_reason == ABORTED for c in rounds),
             })
             per_question[t.prompt_index] += 1
+    failed = sum(s["failed"] for s in samples)
+    if not samples or failed > max_failed_fraction * len(samples) or failed == len(samples):
+        raise EvalFailed(f"{desc}: {failed} of {len(samples)} samples failed to generate (more than "
+                         f"eval.max_failed_fraction={max_failed_fraction:g}); see the rollout logs. No summary written")
     results = grade_batch([s["rounds"][-1] for s in samples], [s["gold"] for s in samples])
     for s, result in zip(samples, results):
         s.update(answer=result.answer, correct=result.correct, grade=result.reason)
-    return summarize(samples, spec.samples_per_prompt), samples
+    lost = {s["question_id"] for s in samples if s["failed"]}
+    summary = summarize([s for s in samples if s["question_id"] not in lost], spec.samples_per_prompt)
+    return {**summary, "failed_requests": failed, "failed_questions": len(lost)}, samples
 
 
 def eval_problems(config: RunConfig) -> list[Problem]:
@@ -114,6 +193,11 @@ def eval_problems(config: RunConfig) -> list[Problem]:
     problems, report = load_problems(data)
     tqdm.write(f"eval data ({data.path}, {data.split}): {report.summary()}")
     return problems
+
+
+def eval_folder(config: RunConfig) -> Path:
+    """Where `motif eval` writes: eval.output_dir, else <output_dir>/eval; never the adapter's folder."""
+    return Path(config.eval.output_dir or Path(config.output_dir) / "eval").expanduser().resolve()
 
 
 def run_eval(config: RunConfig) -> dict:
@@ -127,17 +211,15 @@ def run_eval(config: RunConfig) -> dict:
     rewards = build_rewards(config.reward.components, motif_response_format(config.rollout.rounds)) \
         if config.reward.motivation else []
     spec = eval_spec(config, motif_spec(config, rewards))
-    folder = Path(config.eval.output_dir or Path(config.output_dir) / "eval")
+    folder = eval_folder(config)
     start_ray(config, None if config.cluster.show_logs else folder / "logs")
     pool = start_rollout_pool(config, model_path)
     try:
+        pool.wait_ready(config.cluster.ready_timeout_s)
         if config.eval.adapter:
-            folder = Path(config.eval.adapter)
-            if not (folder / "adapter_config.json").is_file():
-                raise FileNotFoundError(f"eval.adapter {folder}: no PEFT adapter (adapter_config.json) there")
-            payload = AdapterPayload.from_folder(1, folder)
+            payload = AdapterPayload.from_folder(1, Path(config.eval.adapter))
             pool.push(payload, payload.digest, 1)
-        summary, samples = evaluate(pool, problems, spec)
+        summary, samples = evaluate(pool, problems, spec, max_failed_fraction=config.eval.max_failed_fraction)
     finally:
         pool.shutdown()
         for reward in rewards:

@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 from tqdm import tqdm
 
-from cluster.config import SFTRunConfig, to_dict
+from cluster.config import BadInput, SFTRunConfig, to_dict
 from cluster.console import quiet_driver
 from cluster.data import LoadReport, json_objects, jsonl_rows
 from cluster.metrics import MetricsLog
@@ -38,7 +38,7 @@ def load_sft_samples(config: SFTRunConfig, tokenizer) -> tuple[list[SFTSample], 
     followed by the end-of-turn token. Malformed or over-long rows are skipped and counted."""
     data, report, samples = config.data, LoadReport(noun="rows"), []
     if not Path(data.path).is_file():
-        raise FileNotFoundError(f"data.path {data.path} does not exist")
+        raise BadInput(f"data.path {data.path}: no such file")
     for i, row in json_objects(jsonl_rows(data.path), report):
         if data.limit is not None and len(samples) >= data.limit:
             break
@@ -57,7 +57,7 @@ def load_sft_samples(config: SFTRunConfig, tokenizer) -> tuple[list[SFTSample], 
         samples.append(SFTSample(prompt_ids, completion_ids))
     report.loaded = len(samples)
     if not samples:
-        raise ValueError(f"no usable SFT rows in {data.path}: {report.summary()}")
+        raise BadInput(f"data.path {data.path}: no usable SFT rows; {report.summary()}")
     return samples, report
 
 
@@ -69,12 +69,11 @@ def run_sft(config: SFTRunConfig) -> Path:
         quiet_driver(out / "logs")  # before transformers imports DeepSpeed, which logs on import
     from transformers import AutoTokenizer
 
-    from learner.actor import GRPOLearner
-
     (out / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
     model_path = resolve_model(config.model, ToyConfig())
     samples, report = load_sft_samples(config, AutoTokenizer.from_pretrained(model_path))
     tqdm.write(f"sft data: {report.summary()}")
+    from learner.actor import GRPOLearner  # after the data is known to be usable: DeepSpeed takes seconds to import
     batch = config.learner.mini_batch_size
     steps = config.steps or config.epochs * math.ceil(len(samples) / batch)
     learner_config = config.learner

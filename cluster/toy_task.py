@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import re
 import string
 from dataclasses import dataclass
 
@@ -87,6 +88,50 @@ def step_text(index: int, op: str, operand: int, before: int, after: int) -> str
 
 def progress_text(index: int, value: int) -> str:
     return f"after {LETTERS[index]}: x={value}"
+
+
+# The inverses of the writers above, for reading model output (cluster/diagnosis.py). Values are matched
+# with \d+ so that a model writing "12" for a digit is read (and judged wrong), not skipped.
+STEP_PATTERN = re.compile(r"([a-z])([+\-*])(\d+):(\d+)=(\d+)")  # step_text
+PROGRESS_PATTERN = re.compile(r"after ([a-z]): x=(\d+)")  # progress_text
+_QUESTION = re.compile(r"Start with x=(\d)\. Apply in order, mod 10: (.+)\.")
+
+
+@dataclass(frozen=True)
+class WrittenStep:
+    """One step as a solution wrote it: `b*2:0=0` is WrittenStep(1, "*", 2, 0, 0)."""
+
+    index: int  # 0-based: the letter's position in the alphabet
+    op: str
+    operand: int
+    before: int
+    after: int
+
+
+def parse_steps(text: str) -> list[WrittenStep]:
+    """Every well-formed step in `text`, in order; anything else (prose, a step cut off mid-way) is skipped."""
+    return [WrittenStep(LETTERS.index(m[1]), m[2], int(m[3]), int(m[4]), int(m[5]))
+            for m in STEP_PATTERN.finditer(text)]
+
+
+def parse_progress(note: str) -> tuple[int, int] | None:
+    """(0-based step index, value) of a progress note that is exactly what `progress_text` writes, else None."""
+    m = PROGRESS_PATTERN.fullmatch(note.strip())
+    return (LETTERS.index(m[1]), int(m[2])) if m else None
+
+
+def parse_question(question: str) -> ToyProblem:
+    """The problem a toy question states (the inverse of ToyProblem.question); ValueError if it is not one."""
+    m = _QUESTION.fullmatch(question.strip())
+    listed = m[2].split(" ") if m else []
+    steps = []
+    for i, item in enumerate(listed):
+        if i >= len(LETTERS) or not re.fullmatch(r"[a-z][+\-*]\d", item) or item[0] != LETTERS[i]:
+            raise ValueError(f"not a toy question: {question!r}")
+        steps.append((item[1], int(item[2])))
+    if not m or not steps:
+        raise ValueError(f"not a toy question: {question!r}")
+    return ToyProblem(int(m[1]), tuple(steps))
 
 
 def solution_turns(

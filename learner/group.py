@@ -9,6 +9,7 @@ import ray
 from ray.exceptions import RayActorError
 
 from learner.records import TrainSample
+from rollout.failures import WorkerStartFailed, startup_cause
 from rollout.pool import balance
 
 
@@ -65,6 +66,8 @@ class LearnerGroup:
             ray.get([rank.__ray_ready__.remote() for rank in self.ranks], timeout=timeout_s)
         except ray.exceptions.GetTimeoutError:
             raise RuntimeError(f"{len(self.ranks)} learner rank(s) not ready within {timeout_s:.0f} s") from None
+        except RayActorError as e:
+            raise WorkerStartFailed(f"a learner rank failed to start: {startup_cause(e)}") from None
 
     def train_step(self, samples: Sequence[TrainSample]) -> dict[str, float]:
         local, plans = shard_plan(samples, len(self.ranks), self.mini_batch_size, self.micro_batch_size)

@@ -12,10 +12,11 @@ import time
 from collections.abc import Callable, Sequence
 
 import ray
-from ray.exceptions import GetTimeoutError, RayActorError
+from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 from tqdm import tqdm
 
 from rollout.engine import ABORTED
+from rollout.failures import WorkerStartFailed, startup_cause
 from rollout.protocols import MotifSpec, motif_rollout
 from rollout.records import AdapterPayload, Completion, MotifTrajectory, SamplingSpec
 
@@ -24,6 +25,9 @@ STARTUP_GRACE_S = 600.0
 # Tries of one shard of requests, each on a fresh worker after a failure; then its requests come back aborted
 # (empty, finish_reason "abort": scored, never trained on) and the step goes on.
 MAX_ATTEMPTS = 3
+# Replacement workers that may die while starting, in a whole run, before the run stops and names the cause: a
+# worker that cannot start once (a bad model, a bad engine setting) will not start the next time either.
+MAX_STARTUP_FAILURES = 2
 
 
 def balance(costs: Sequence[float], bins: int) -> list[list[int]]:
@@ -52,15 +56,21 @@ class RolloutPool:
         self.payload: ray.ObjectRef | None = None  # the adapter every worker serves, for replacements
         self.version, self.digest = 0, ""
         self.restarts = self.retried_requests = self.failed_requests = 0
+        self.startup_failures = 0
+        self._loading: dict[int, ray.ObjectRef] = {}  # replacement -> its adapter load, checked before it serves
         self._fresh = set(range(num_workers))  # workers whose engine may still be starting
         self._round, self._calls = ("start",), 0
 
     def wait_ready(self, timeout_s: float) -> None:
         """Block until every worker's engine is up (their resources are already reserved by then)."""
+        refs = [w.__ray_ready__.remote() for w in self.workers]
         try:
-            ray.get([w.__ray_ready__.remote() for w in self.workers], timeout=timeout_s)
+            ray.get(refs, timeout=timeout_s)
         except GetTimeoutError:
             raise RuntimeError(f"{len(self.workers)} rollout worker(s) not ready within {timeout_s:.0f} s") from None
+        except RayActorError as e:
+            index = next((i for i, ref in enumerate(refs) if _failed(ref)), 0)
+            raise WorkerStartFailed(f"rollout worker {index} failed to start: {startup_cause(e)}") from None
         self._fresh.clear()
 
     def begin(self, *key) -> None:
@@ -70,63 +80,102 @@ class RolloutPool:
 
     def generate(self, conversations: list[list[dict[str, str]]], spec: SamplingSpec,
                  use_adapter: bool = True) -> list[list[Completion]]:
-        """`spec.n` completions per conversation, in order, with each worker taking a balanced share."""
+        """`spec.n` completions per conversation, in order, with each worker taking a balanced share.
+
+        A worker that dies or hangs is replaced and its shard retried whole. A shard whose worker raised is
+        split in halves, each retried on a replacement, so that a poison request ends up alone; a single request
+        that fails MAX_ATTEMPTS times comes back aborted (empty, finish_reason "abort")."""
         self._calls += 1
         # Expected tokens: generated ones dominate; a prompt costs about a token per 4 characters.
         costs = [spec.n * spec.max_tokens + sum(len(m["content"]) for m in c) / 4 for c in conversations]
         shards = [s for s in balance(costs, len(self.workers)) if s]
-        seeds = [shard_seed(self.seed, *self._round, self._calls, j) for j in range(len(shards))]
         results: list[list[Completion] | None] = [None] * len(conversations)
-        pending = {}  # ref -> (shard number, worker index, deadline)
-        attempts = [0] * len(shards)
+        pending = {}  # ref -> (request indices, seed, attempts so far, worker index, worker handle, deadline)
 
-        def submit(j: int, w: int) -> None:
-            attempts[j] += 1
+        def submit(indices: list[int], seed: int, attempts: int, w: int) -> None:
             grace = STARTUP_GRACE_S if w in self._fresh else 0.0
-            ref = self.workers[w].generate.remote([conversations[i] for i in shards[j]], spec, use_adapter, seeds[j])
-            pending[ref] = (j, w, time.monotonic() + self.request_timeout_s + grace)
+            worker = self.workers[w]
+            ref = worker.generate.remote([conversations[i] for i in indices], spec, use_adapter, seed)
+            pending[ref] = (indices, seed, attempts + 1, w, worker, time.monotonic() + self.request_timeout_s + grace)
 
-        def retry(j: int, w: int, why: str) -> None:
-            self._replace(w, why)
-            if attempts[j] < MAX_ATTEMPTS:
-                self.retried_requests += len(shards[j])
-                submit(j, w)
-                return
-            tqdm.write(f"{len(shards[j])} rollout requests failed {MAX_ATTEMPTS} times; they come back empty")
-            self.failed_requests += len(shards[j])
-            for i in shards[j]:
-                results[i] = [Completion([], [], "", [], ABORTED, 0)] * spec.n
+        def retry(indices: list[int], seed: int, attempts: int, w: int, worker, why: str, split: bool = False) -> None:
+            if worker is self.workers[w]:  # else it was replaced already, for another request's failure
+                self._replace(w, why)
+            if split and len(indices) > 1:
+                half = len(indices) // 2
+                self.retried_requests += len(indices)
+                submit(indices[:half], shard_seed(seed, "split", 0), attempts - 1, w)
+                submit(indices[half:], shard_seed(seed, "split", 1), attempts - 1, w)
+            elif attempts < MAX_ATTEMPTS:
+                self.retried_requests += len(indices)
+                submit(indices, seed, attempts, w)
+            else:
+                tqdm.write(f"{len(indices)} rollout request(s) failed {MAX_ATTEMPTS} times; they come back empty")
+                self.failed_requests += len(indices)
+                for i in indices:
+                    results[i] = [Completion([], [], "", [], ABORTED, 0)] * spec.n
 
-        for j in range(len(shards)):
-            submit(j, j)
+        for j, indices in enumerate(shards):
+            submit(indices, shard_seed(self.seed, *self._round, self._calls, j), 0, j)
         while pending:
-            deadline = min(d for _, _, d in pending.values())
+            deadline = min(entry[-1] for entry in pending.values())
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
             for ref in ready:
-                j, w, _ = pending.pop(ref)
+                indices, seed, attempts, w, worker, _ = pending.pop(ref)
                 try:
                     groups = ray.get(ref)
-                except RayActorError:
-                    retry(j, w, f"died ({'starting' if w in self._fresh else 'mid-request'})")
+                except RayActorError as e:
+                    if worker is not self.workers[w]:
+                        submit(indices, seed, attempts - 1, w)  # killed with the worker it was queued on
+                    else:
+                        if w in self._fresh:
+                            self._startup_failed(w, e)
+                        retry(indices, seed, attempts, w, worker,
+                              f"died ({'starting' if w in self._fresh else 'mid-request'})")
+                    continue
+                except RayTaskError as e:
+                    retry(indices, seed, attempts, w, worker, f"raised {startup_cause(e)}", split=True)
+                    continue
+                if not self._attested(w):
+                    retry(indices, seed, attempts, w, worker, f"served without loading adapter version {self.version}")
                     continue
                 self._fresh.discard(w)
-                for i, group in zip(shards[j], groups):
+                for i, group in zip(indices, groups):
                     results[i] = group
             now = time.monotonic()
-            for ref, (j, w, d) in list(pending.items()):
+            for ref, (indices, seed, attempts, w, worker, d) in list(pending.items()):
                 if d <= now:
                     del pending[ref]
-                    retry(j, w, f"hung: no answer within rollout.request_timeout_s={self.request_timeout_s:g}")
+                    retry(indices, seed, attempts, w, worker,
+                          f"hung: no answer within rollout.request_timeout_s={self.request_timeout_s:g}")
         return results
+
+    def _startup_failed(self, index: int, error: RayActorError) -> None:
+        """A replacement that died before serving: tolerated MAX_STARTUP_FAILURES times in a run."""
+        self.startup_failures += 1
+        if self.startup_failures > MAX_STARTUP_FAILURES:
+            raise WorkerStartFailed(f"rollout worker {index}: {self.startup_failures} replacements died while "
+                                    f"starting; the last: {startup_cause(error)}")
+
+    def _attested(self, index: int) -> bool:
+        """A replacement's results count only once its adapter load returned the digest the pool holds."""
+        load = self._loading.pop(index, None)
+        if load is None:
+            return True
+        try:
+            return ray.get(load) == self.digest
+        except RayTaskError:
+            return False
 
     def _replace(self, index: int, why: str, payload: ray.ObjectRef | None = None) -> None:
         tqdm.write(f"rollout worker {index} {why}; starting a replacement")
         ray.kill(self.workers[index], no_restart=True)
         worker = self.make_worker(index)
         payload = payload or self.payload
+        self._loading.pop(index, None)
         if payload is not None:
             # Ordered before any request on this handle: the replacement serves the current version first.
-            worker.load_adapter_payload.remote(payload)
+            self._loading[index] = worker.load_adapter_payload.remote(payload)
         self.workers[index] = worker
         self._fresh.add(index)
         self.restarts += 1
@@ -139,11 +188,14 @@ class RolloutPool:
         exactly `digest`."""
         ref = payload if isinstance(payload, ray.ObjectRef) else ray.put(payload)
         loads = [w.load_adapter_payload.remote(ref) for w in self.workers]
+        self._loading.clear()
         for index, load in enumerate(loads):
             try:
-                loaded = ray.get(load)
-            except RayActorError:
-                self._replace(index, "died while loading the adapter", ref)  # the replacement loads it first
+                loaded = ray.get(load, timeout=self.request_timeout_s)
+            except (RayActorError, GetTimeoutError) as e:
+                why = "died while loading the adapter" if isinstance(e, RayActorError) else \
+                    f"did not load the adapter within rollout.request_timeout_s={self.request_timeout_s:g}"
+                self._replace(index, why, ref)  # the replacement loads it first
                 continue
             if loaded != digest:
                 raise RuntimeError(f"rollout worker {index} loaded adapter digest {loaded[:12]}, "
@@ -160,3 +212,13 @@ class RolloutPool:
     def shutdown(self) -> None:
         for worker in self.workers:
             ray.kill(worker, no_restart=True)
+
+
+def _failed(ref: ray.ObjectRef) -> bool:
+    try:
+        ray.get(ref, timeout=0)
+    except RayActorError:
+        return True
+    except GetTimeoutError:
+        return False
+    return False

@@ -24,14 +24,14 @@ Checkpoints(sys.argv[1], keep=2).save(3, {"step": 3}, write)
 """
 
 
-def train(tmp_path, run_dir, *args):
+def train(tmp_path, run_dir, *args, expect: int = 0):
     (tmp_path / "my_rewards.py").write_text(USER_REWARD)
     components = f"[{{name: format, weight: 0.5}}, {{name: '{tmp_path / 'my_rewards.py'}:brevity', weight: 1.0}}]"
     cmd = [sys.executable, "-m", "cluster.cli", "train", "--config", "tests/configs/smoke.yaml", f"output_dir={run_dir}",
            f"model.tiny_model_dir={tmp_path / 'tiny'}", f"reward.components={components}", "learner.mini_batch_size=4",
            "learner.micro_batch_size=2", "checkpoint.every=1", *args]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert proc.returncode == expect, proc.stderr[-4000:]
     return proc
 
 
@@ -67,3 +67,14 @@ def test_resume_after_a_crash_mid_checkpoint_reproduces_the_straight_run(tmp_pat
         assert (resumed / name).read_text() == (straight / name).read_text(), name
     for name in ("adapter_model.safetensors", "adapter_config.json"):
         assert (resumed / "adapter" / name).read_bytes() == (straight / "adapter" / name).read_bytes()
+
+    # The folder now belongs to that run: a fresh run into it is refused and changes nothing, and a resume with
+    # another sampling seed is refused naming the field. Both before Ray starts.
+    before = {p.name: (p / "driver.json").read_bytes() for p in checkpoints.iterdir()}
+    refused = train(tmp_path, resumed, "steps=20", expect=2)
+    assert "holds another run's checkpoints (step-00000003, step-00000004)" in refused.stderr
+    assert "--resume auto" in refused.stderr and "Traceback" not in refused.stderr
+    assert {p.name: (p / "driver.json").read_bytes() for p in checkpoints.iterdir()} == before
+    reseeded = train(tmp_path, resumed, "steps=6", "rollout.seed=1", "--resume", "auto", expect=2)
+    assert "rollout.seed: checkpoint 0, now 1" in reseeded.stderr
+    assert {p.name: (p / "driver.json").read_bytes() for p in checkpoints.iterdir()} == before

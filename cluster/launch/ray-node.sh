@@ -2,7 +2,7 @@
 # One node of a motif-rl Ray cluster, started the same way by docker compose, the Slurm script and `ray up`:
 #   ray-node.sh head [ray start args]           start the head and block
 #   ray-node.sh worker HOST:PORT [ray start args] join the head at HOST:PORT and block
-#   ray-node.sh submit URL [--] COMMAND...      submit COMMAND as a Ray job (this project as its working dir)
+#   ray-node.sh submit URL [--] COMMAND...      submit COMMAND as a Ray job (a checkout as its working dir)
 #                                               to the job API at URL, follow its logs, exit 0 if it succeeded
 # Token authentication is always on: every node and client needs the same token, in RAY_AUTH_TOKEN or in the
 # file Ray reads by default (~/.ray/auth_token). The dashboard and job API listen on RAY_DASHBOARD_HOST (default
@@ -36,12 +36,16 @@ case "$role" in
     shift
     [ "${1:-}" = "--" ] && shift
     # The job sees the driver-side variables that models and data need (offline hubs, caches).
-    env_json="$(python3 -c 'import json, os; print(json.dumps({"env_vars": {k: v for k, v in os.environ.items() if k.startswith(("HF_", "VLLM_", "TRANSFORMERS_"))}}))')"
+    env_json="$(python3 -c 'import json, os; print(json.dumps({"env_vars": {k: v for k, v in os.environ.items() if k.startswith(("HF_", "VLLM_", "TRANSFORMERS_", "MOTIF_CACHE"))}}))')"
     id="motif-$(date +%Y%m%d-%H%M%S)-$$"
+    # A checkout travels with the job as its working dir; an installed copy (site-packages) does not: there the
+    # nodes run their own installed motif.
+    workdir=()
+    [ -f "$root/pyproject.toml" ] && workdir=(--working-dir="$root")
     # A head that has just started answers "No available agent to submit job" until its node's job agent has
     # registered: try again for a minute, fail at once on anything else.
     for attempt in $(seq 30); do
-      if out="$(ray job submit --address="$url" --submission-id="$id" --no-wait --working-dir="$root" \
+      if out="$(ray job submit --address="$url" --submission-id="$id" --no-wait "${workdir[@]}" \
           --runtime-env-json="$env_json" -- "$@" 2>&1)"; then
         break
       fi

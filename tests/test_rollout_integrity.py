@@ -1,0 +1,118 @@
+"""Failed generations never become results: a worker that raises is replaced and its shard split until only the
+poison request is aborted; an aborted continuation leaves its sample's reward instead of grading as wrong; an
+evaluation with failed samples leaves them out, or writes no summary at all.
+
+The rollout worker here is scripted (no engine): what is under test is the pool's and the driver's handling of
+failures that a real engine produces only by accident."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import ray
+
+from cluster.data import Problem
+from cluster.driver import attested, reward_samples
+from cluster.evaluation import EvalFailed, evaluate
+from rewards import RewardTerm, build_rewards, score_samples
+from rollout.engine import ABORTED
+from rollout.pool import RolloutPool
+from rollout.protocols import MotifSpec
+from rollout.records import Completion, MotifTrajectory, SamplingSpec
+
+POISON, RAISE_ONCE, ABORT_ONE = "POISON", "RAISE-ONCE", "ABORT-ONE"
+
+
+@ray.remote(num_cpus=0)
+class ScriptedWorker:
+    """Answers every request with a well-formed round, except: a POISON question always raises, a RAISE-ONCE one
+    raises the first time any worker sees it (a marker file), and the first continuation of an ABORT-ONE
+    question comes back aborted, as vLLM reports an aborted request."""
+
+    def __init__(self, index: int, marker: str):
+        self.index, self.marker = index, Path(marker)
+
+    def generate(self, conversations, spec: SamplingSpec, use_adapter: bool = True, seed=None):
+        groups = []
+        for conversation in conversations:
+            text = conversation[-1]["content"]
+            if POISON in text:
+                raise ValueError("scripted engine failure")
+            if RAISE_ONCE in text and not self.marker.exists():
+                self.marker.write_text("raised")
+                raise RuntimeError("scripted one-off engine failure")
+            final = "This is round 2" in text
+            body = "<reasoning>4</reasoning><answer>\\boxed{4}</answer>" if final else \
+                "<reasoning>2+2</reasoning><progress>x=4</progress>"
+            groups.append([
+                Completion([1, 2], [3], "" if final and ABORT_ONE in text and j == 0 else body, [-0.1],
+                           ABORTED if final and ABORT_ONE in text and j == 0 else "stop", 0, "", self.index)
+                for j in range(spec.n)
+            ])
+        return groups
+
+    def load_adapter_payload(self, payload):
+        return ""
+
+
+def test_poison_request_alone_is_aborted_and_aborted_continuations_leave_the_reward(ray_session, tmp_path):
+    marker = str(tmp_path / "raised-once")
+    pool = RolloutPool(lambda index: ScriptedWorker.remote(index, marker), 1, request_timeout_s=60)
+    questions = [f"q0 {POISON}", "q1", f"q2 {ABORT_ONE}", f"q3 {RAISE_ONCE}"]
+    spec = MotifSpec(samples_per_prompt=2, continuations=2, rounds=2,
+                     first_round=SamplingSpec(max_tokens=8), continuation=SamplingSpec(max_tokens=8))
+    pool.begin("train", 1)
+    trajectories = pool.motif_rollout(questions, spec)
+    counters = pool.take_counters()
+
+    aborted = {questions[t.prompt_index] for t in trajectories
+               for c in [t.first, *[c for chain in t.chains for c in chain]] if c.finish_reason == ABORTED}
+    assert aborted == {questions[0], questions[2]}  # the poison, and the one scripted continuation abort
+    assert all(t.first.finish_reason == ABORTED for t in trajectories if t.prompt_index == 0)
+    assert all(t.first.finish_reason == "stop" for t in trajectories if t.prompt_index != 0)
+    # Round 1: one poison request; round 2: the continuation of each of its 2 samples. Nothing else failed.
+    assert counters["rollout/failed_requests"] == 3
+    assert counters["rollout/worker_restarts"] >= 4  # splits and retries each ran on a fresh worker
+
+    kept, dropped = attested(trajectories, "", "")
+    assert dropped["failed"] == 2 and dropped["dropped_continuations"] == 2
+    assert sorted({t.prompt_index for t in kept}) == [1, 2, 3]
+    batch = [Problem(q, "4", i) for i, q in enumerate(questions)]
+    rewards = build_rewards([RewardTerm("accuracy")], spec.response_format)
+    totals, _ = score_samples(rewards, reward_samples(kept, batch, spec))
+    # The ABORT-ONE samples keep one finished continuation, which is right: accuracy 1, not 0.5.
+    assert [len(t.chains) for t in kept if t.prompt_index == 2] == [1, 1]
+    assert totals == [1.0] * len(kept)
+    pool.shutdown()
+
+
+class FailingPool:
+    """Returns `failed` aborted samples among the first question's, the rest right."""
+
+    def __init__(self, failed: int):
+        self.failed = failed
+
+    def begin(self, *key):
+        pass
+
+    def motif_rollout(self, questions, spec):
+        done = Completion([1], [2], "\\boxed{4}", [-0.1], "stop", 0)
+        lost = Completion([1], [], "", [], ABORTED, 0)
+        return [MotifTrajectory(b, lost if b == 0 and j < self.failed else done)
+                for b in range(len(questions)) for j in range(spec.samples_per_prompt)]
+
+
+@pytest.mark.parametrize("failed", [1, 3])
+def test_evaluation_leaves_failed_samples_out_or_writes_nothing(failed):
+    problems = [Problem(f"q{i}", "4", i) for i in range(8)]
+    spec = MotifSpec(samples_per_prompt=4, continuations=1, rounds=1, first_round=SamplingSpec(max_tokens=8),
+                     continuation=SamplingSpec(max_tokens=8))
+    if failed == 3:  # 3 of 32 samples: above a 5% allowance
+        with pytest.raises(EvalFailed, match="3 of 32 samples failed"):
+            evaluate(FailingPool(failed), problems, spec, max_failed_fraction=0.05)
+        return
+    summary, samples = evaluate(FailingPool(failed), problems, spec, max_failed_fraction=0.05)
+    assert summary["failed_requests"] == 1 and summary["failed_questions"] == 1
+    assert summary["questions"] == 7 and summary["pass@1"] == 1.0  # never graded as wrong
+    assert sum(s["failed"] for s in samples) == 1
