@@ -8,7 +8,8 @@ one that is ignored and cleaned up.
 
 Every manifest names the run that wrote it (`run_id`) and the config fields that fix what it samples and in
 what order (RESUME_FIELDS): a fresh run never writes into, prunes or resumes another run's checkpoints, and a
-resume with other such settings is refused field by field.
+resume with other such settings is refused field by field. The learner ranks may shrink on resume from a ZeRO-0
+checkpoint (LAYOUT_FIELDS).
 """
 
 from __future__ import annotations
@@ -53,14 +54,19 @@ RESUME_FIELDS = (
     "rollout.continuations", "rollout.rounds", "rollout.temperature", "rollout.continuation_temperature",
     "rollout.top_p", "rollout.continuation_top_p", "rollout.max_tokens", "rollout.continuation_policy",
     "rollout.dtype", "rollout.seed", "rollout.num_workers", "reward", "learner.lora_rank", "learner.lora_alpha",
-    "learner.target_modules", "learner.num_ranks", "learner.seed",
+    "learner.target_modules", "learner.seed",
 )
+# Recorded with them, checked by `layout_mismatches`: how the learner's DeepSpeed state lies on disk. At ZeRO 0
+# the optimizer state is whole in rank 0's file and DeepSpeed loads it on any number of ranks (tested: a 2-rank
+# checkpoint continues on 1 rank to float rounding), but each rank restores its own RNG file: fewer ranks, not
+# more. At ZeRO 1-3 the optimizer state is partitioned per rank and DeepSpeed refuses another world size.
+LAYOUT_FIELDS = ("learner.num_ranks", "learner.zero_stage")
 
 
 def resume_fields(config: dict) -> dict:
-    """The RESUME_FIELDS of a config (as a dict), by dotted name."""
+    """The RESUME_FIELDS and LAYOUT_FIELDS of a config (as a dict), by dotted name."""
     values = {}
-    for name in RESUME_FIELDS:
+    for name in RESUME_FIELDS + LAYOUT_FIELDS:
         node = config
         for part in name.split("."):
             node = node.get(part) if isinstance(node, dict) else None
@@ -71,7 +77,24 @@ def resume_fields(config: dict) -> dict:
 def resume_mismatches(saved: dict, current: dict) -> list[str]:
     """'field: checkpoint X, now Y' for each resume field that differs."""
     return [f"{name}: checkpoint {saved[name]!r}, now {current[name]!r}"
-            for name in RESUME_FIELDS if name in saved and saved[name] != current[name]]
+            for name in RESUME_FIELDS if name in saved and saved[name] != current[name]] \
+        + layout_mismatches(saved, current)
+
+
+def layout_mismatches(saved: dict, current: dict) -> list[str]:
+    """The learner ranks may shrink on resume only from a ZeRO-0 checkpoint into ZeRO 0 (see LAYOUT_FIELDS)."""
+    ranks, now = saved.get("learner.num_ranks"), current["learner.num_ranks"]
+    if ranks is None or ranks == now:
+        return []
+    stage = saved.get("learner.zero_stage")
+    if stage == 0 and current["learner.zero_stage"] == 0:
+        if now < ranks:
+            return []
+        why = "a ZeRO-0 checkpoint resumes on as many ranks or fewer: each rank restores its own RNG state"
+    else:
+        why = "ZeRO 1-3 partition the optimizer state per rank" if stage is not None else \
+            "the checkpoint does not record its learner.zero_stage"
+    return [f"learner.num_ranks: checkpoint {ranks!r}, now {now!r} ({why})"]
 
 
 def read_manifest(folder: Path) -> dict:

@@ -80,14 +80,21 @@ class RolloutConfig:
     max_tokens: int = 64  # per round
     continuation_policy: str = "current"
     max_model_len: int = 1024
-    kv_cache_mb: int = 64
+    # GPU: the share of the GPU's memory the engine may use (weights + KV cache); None: 0.9, or 0.5 when
+    # colocated with a learner rank. CPU: kv_cache_mb is the KV cache (None: 64); on GPU it overrides the share.
+    gpu_memory_utilization: float | None = None
+    kv_cache_mb: int | None = None
+    enforce_eager: bool | None = None  # None: CUDA graphs on GPU, eager on CPU
+    enable_prefix_caching: bool = True  # the k continuations of a sample share their prompt
     # vLLM's "auto" runs a float32 checkpoint in bfloat16 on CPU; "float32" matches the CPU learner exactly.
     dtype: str = "auto"
     num_workers: int = 1  # vLLM engines; each round's requests are split across them
     num_cpus: float = 1  # per worker
     num_gpus: float = 0  # per worker; > 0 requires CUDA (vLLM's GPU build)
     tensor_parallel_size: int = 1  # GPUs per engine
-    request_timeout_s: float = 600.0  # a worker silent this long on one request is replaced
+    # A worker that has not answered one call (its share of a round's requests, or an adapter push) within this
+    # long is replaced and the call retried; a fresh worker gets STARTUP_GRACE_S more for its engine to start.
+    request_timeout_s: float = 600.0
     seed: int = 0
 
 
@@ -102,6 +109,9 @@ class RewardConfig:
     motivation: bool = False  # MeRF: write the components' descriptions into the system prompt
 
 
+PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")  # Ray's placement group strategies
+
+
 @dataclass
 class ClusterConfig:
     address: str | None = None  # None: start a local Ray; "auto" or "ray://host:port": join that cluster
@@ -113,9 +123,20 @@ class ClusterConfig:
     # Rollout workers and learner ranks in one placement group: "separate" bundles, or "colocate" (rank i shares
     # worker i's bundle and GPU; they take turns in synchronous training)
     placement: str = "separate"
+    # How Ray lays the placement group's bundles out on nodes: PACK (as few nodes as possible), SPREAD (distinct
+    # nodes where it can, e.g. one colocated worker + rank per node; a dead node's bundles move to the others),
+    # STRICT_PACK (one node) or STRICT_SPREAD (one bundle per node, never more: a dead node's bundles wait for a
+    # new node)
+    placement_strategy: str = "PACK"
     ready_timeout_s: float = 600.0  # actors not placed and started by then: an error naming what is missing
     # vLLM, Ray and DeepSpeed output on the console too (`--show-logs`); otherwise it goes to OUTPUT_DIR/logs/
     show_logs: bool = False
+    # Driver environment variables (fnmatch patterns) that the run's actors receive; whatever is forwarded is
+    # readable by anyone with access to the cluster, so secrets such as HF_TOKEN travel only when named here.
+    forward_env: list[str] = field(default_factory=lambda: [
+        "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_HOME", "HF_HUB_CACHE", "HF_ENDPOINT", "TRANSFORMERS_OFFLINE",
+        "MOTIF_CACHE", "VLLM_CPU_*", "VLLM_LOGGING_LEVEL", "VLLM_ENABLE_V1_MULTIPROCESSING", "VLLM_ALLOW_LONG_MAX_MODEL_LEN",
+    ])
 
 
 @dataclass
@@ -133,7 +154,10 @@ class EvalConfig:
     limit: int | None = 64  # questions
     rounds: int | None = None  # R (None: rollout.rounds)
     max_tokens: int | None = None  # per round (None: rollout.max_tokens)
-    temperature: float = 1.0  # 0: greedy
+    # None: the training temperatures and top-p (round 1: rollout.temperature, later rounds:
+    # rollout.continuation_temperature), so held-out pass@1 compares with reward/accuracy; a number (0: greedy)
+    # applies to every round, with eval.top_p
+    temperature: float | None = None
     top_p: float = 1.0
     n: int = 4  # samples per question
     adapter: str | None = None  # `motif eval`: a PEFT adapter folder to evaluate the model with
@@ -168,7 +192,7 @@ class RunConfig:
                               "distribution, so round-1 samples must come from it (continuation_top_p may be lower)")
         if not 0 < r.continuation_top_p <= 1 or not 0 < e.top_p <= 1:
             raise ConfigError("rollout.continuation_top_p and eval.top_p must be in (0, 1]")
-        if e.temperature < 0 or e.n < 1 or e.every < 0 or (e.rounds is not None and e.rounds < 1):
+        if (e.temperature is not None and e.temperature < 0) or e.n < 1 or e.every < 0 or (e.rounds is not None and e.rounds < 1):
             raise ConfigError("eval: temperature must be >= 0, n and rounds >= 1, every >= 0")
         if not 0 <= e.max_failed_fraction < 1:
             raise ConfigError(f"eval.max_failed_fraction must be in [0, 1), got {e.max_failed_fraction}")
@@ -186,12 +210,19 @@ class RunConfig:
         if r.tensor_parallel_size > 1 and r.num_gpus < r.tensor_parallel_size:
             raise ConfigError(f"rollout.tensor_parallel_size={r.tensor_parallel_size} needs rollout.num_gpus >= "
                               f"{r.tensor_parallel_size} per worker (got {r.num_gpus})")
+        if r.gpu_memory_utilization is not None and not 0 < r.gpu_memory_utilization <= 1:
+            raise ConfigError(f"rollout.gpu_memory_utilization must be in (0, 1], got {r.gpu_memory_utilization}")
+        if r.kv_cache_mb is not None and r.kv_cache_mb < 1:
+            raise ConfigError(f"rollout.kv_cache_mb must be >= 1, got {r.kv_cache_mb}")
         if not r.request_timeout_s > 0 or not c.ready_timeout_s > 0:
             raise ConfigError("rollout.request_timeout_s and cluster.ready_timeout_s must be > 0")
         if c.learner_num_cpus <= 0 or c.learner_num_gpus < 0:
             raise ConfigError("cluster.learner_num_cpus must be > 0 and learner_num_gpus >= 0")
         if c.placement not in ("separate", "colocate"):
             raise ConfigError(f"cluster.placement must be 'separate' or 'colocate', got {c.placement!r}")
+        if c.placement_strategy not in PLACEMENT_STRATEGIES:
+            raise ConfigError(f"cluster.placement_strategy must be one of {', '.join(PLACEMENT_STRATEGIES)}, got "
+                              f"{c.placement_strategy!r}")
         if self.checkpoint.every < 0 or self.checkpoint.keep < 1:
             raise ConfigError("checkpoint.every must be >= 0 and checkpoint.keep >= 1")
         if self.data.gold_format not in (None, "gsm8k", "plain"):

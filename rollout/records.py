@@ -22,7 +22,9 @@ class Completion:
     prompt_ids: list[int]
     completion_ids: list[int]
     text: str
-    logprobs: list[float]  # sampling logprob of each completion token, as vLLM reports it
+    # vLLM's logprob of each completion token (by default of the model's distribution before temperature and
+    # top-p); for analysis only: the learner computes its own
+    logprobs: list[float]
     finish_reason: str  # "stop" | "length" | "abort"
     adapter_version: int  # 0 = base model, v > 0 = adapter pushed as version v
     adapter_digest: str = ""  # sha256 of the adapter files the worker loaded ("" = base model): attestation

@@ -116,3 +116,27 @@ def test_evaluation_leaves_failed_samples_out_or_writes_nothing(failed):
     assert summary["failed_requests"] == 1 and summary["failed_questions"] == 1
     assert summary["questions"] == 7 and summary["pass@1"] == 1.0  # never graded as wrong
     assert sum(s["failed"] for s in samples) == 1
+
+
+def test_a_worker_that_cannot_start_ends_the_command_with_its_own_error(tiny_model, tmp_path):
+    """vLLM refuses the engine (max_model_len above the model's): one line with vLLM's reason, no replacement
+    loop, no summary."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import REPO
+
+    out = tmp_path / "eval"
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "cluster.cli", "eval", "--config", "tests/configs/smoke.yaml", f"model.path={tiny_model}",
+         "rollout.max_model_len=100000", "eval.limit=2", "eval.n=1", f"eval.output_dir={out}"],
+        cwd=REPO, capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 1, done.stderr[-3000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("motif: rollout worker 0 failed to start:") and "max_model_len (100000)" in last, last
+    assert "starting a replacement" not in done.stdout + done.stderr
+    assert not (out / "summary.json").exists()
+    assert time.monotonic() - started < 300
