@@ -14,10 +14,20 @@ from rollout.engine import VLLMEngine
 from rollout.records import AdapterPayload, Completion, SamplingSpec
 
 
+ADAPTER_FOLDER_PREFIX = "motif-adapters-"
+
+
 def local_adapter_root() -> Path:
-    """A folder on this node for pushed adapters: tmpfs when there is one, so no disk and no shared filesystem."""
-    base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
-    return Path(tempfile.mkdtemp(prefix="motif-adapters-", dir=base))
+    """A folder on this node for pushed adapters: tmpfs when there is one, so no disk and no shared filesystem.
+
+    Named by the worker's pid: a killed worker never runs its cleanup, so each new one removes the folders of
+    workers on this node that are gone."""
+    base = Path("/dev/shm") if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else Path(tempfile.gettempdir())
+    for old in base.glob(f"{ADAPTER_FOLDER_PREFIX}*"):
+        pid = old.name[len(ADAPTER_FOLDER_PREFIX):].split("-")[0]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(old, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"{ADAPTER_FOLDER_PREFIX}{os.getpid()}-", dir=base))
 
 
 @ray.remote

@@ -23,6 +23,14 @@ def test_separate_and_colocated_bundles():
     assert workers == [0, 1, 2] and learners == [0, 1]
 
 
+def test_placement_strategy_is_one_of_rays():
+    from cluster.config import ConfigError
+
+    assert load_config(SMOKE, ["cluster.placement_strategy=STRICT_SPREAD"]).cluster.placement_strategy == "STRICT_SPREAD"
+    with pytest.raises(ConfigError, match="cluster.placement_strategy must be one of PACK, SPREAD, STRICT_PACK"):
+        load_config(SMOKE, ["cluster.placement_strategy=spread"])
+
+
 def test_gpus_asked_of_a_machine_without_cuda_is_an_error(ray_session):
     if ray_session.cluster_resources().get("GPU"):
         pytest.skip("this machine has a GPU")

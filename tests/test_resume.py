@@ -78,3 +78,22 @@ def test_resume_after_a_crash_mid_checkpoint_reproduces_the_straight_run(tmp_pat
     reseeded = train(tmp_path, resumed, "steps=6", "rollout.seed=1", "--resume", "auto", expect=2)
     assert "rollout.seed: checkpoint 0, now 1" in reseeded.stderr
     assert {p.name: (p / "driver.json").read_bytes() for p in checkpoints.iterdir()} == before
+
+
+def test_learner_ranks_may_shrink_on_resume_only_from_zero_stage_0():
+    """DeepSpeed loads a ZeRO-0 checkpoint on fewer ranks (the optimizer state is whole in rank 0's file; run for
+    real across two nodes in tests/test_two_nodes.py) and refuses another world size at ZeRO 1-3."""
+    from cluster.checkpoint import resume_fields, resume_mismatches
+    from cluster.config import load_config, to_dict
+
+    def fields(ranks: int, stage: int) -> dict:
+        return resume_fields(to_dict(load_config("tests/configs/smoke.yaml", [f"learner.num_ranks={ranks}",
+                                                                               f"learner.zero_stage={stage}"])))
+
+    assert resume_mismatches(fields(2, 0), fields(1, 0)) == []
+    assert resume_mismatches(fields(2, 0), fields(3, 0)) == [
+        "learner.num_ranks: checkpoint 2, now 3 (a ZeRO-0 checkpoint resumes on as many ranks or fewer: each rank "
+        "restores its own RNG state)"]
+    assert resume_mismatches(fields(2, 1), fields(1, 1)) == [
+        "learner.num_ranks: checkpoint 2, now 1 (ZeRO 1-3 partition the optimizer state per rank)"]
+    assert resume_mismatches(fields(2, 3), fields(2, 3)) == []

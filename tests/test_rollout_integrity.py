@@ -140,3 +140,21 @@ def test_a_worker_that_cannot_start_ends_the_command_with_its_own_error(tiny_mod
     assert "starting a replacement" not in done.stdout + done.stderr
     assert not (out / "summary.json").exists()
     assert time.monotonic() - started < 300
+
+
+def test_a_new_worker_removes_adapter_folders_of_workers_that_are_gone():
+    import os
+    import shutil
+
+    from rollout.actor import local_adapter_root
+
+    first = local_adapter_root()
+    gone = first.with_name("motif-adapters-4999999-xyz")  # above any pid_max: a worker that no longer exists
+    gone.mkdir()
+    second = local_adapter_root()
+    try:
+        assert not gone.exists() and first.exists()  # this process is alive: its folder stays
+        assert second.name.startswith(f"motif-adapters-{os.getpid()}-")
+    finally:
+        shutil.rmtree(first, ignore_errors=True)
+        shutil.rmtree(second, ignore_errors=True)
