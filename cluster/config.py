@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from cluster.toy_task import ToyConfig
+from cluster.tasks.toy_task import ToyConfig
 from learner.config import LearnerConfig
 from rewards.registry import RewardTerm, check_terms
 from rollout.engine import VLLM_LORA_RANKS
@@ -52,7 +52,7 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    # A shipped dataset by name (gsm8k, math500, aime24, toy: see cluster/data.py), a local .jsonl file,
+    # A shipped dataset by name (gsm8k, math500, aime24, toy: see cluster/tasks/data.py), a local .jsonl file,
     # or a hub dataset id (with `subset`) for machines that reach a hub.
     path: str = "gsm8k"
     subset: str | None = None

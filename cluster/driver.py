@@ -16,7 +16,7 @@ from tqdm import tqdm
 from cluster.checkpoint import Checkpoints, claim, load_state, resume_fields
 from cluster.config import BadInput, RunConfig, to_dict
 from cluster.console import quiet_driver
-from cluster.data import Problem, load_problems
+from cluster.tasks.data import Problem, load_problems
 from cluster.evaluation import EvalFailed, eval_problems, eval_spec, evaluate, write_eval
 from cluster.metrics import MetricsLog
 from cluster.models import resolve_model

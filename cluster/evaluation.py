@@ -12,7 +12,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from cluster.config import RunConfig
-from cluster.data import Problem, load_problems
+from cluster.tasks.data import Problem, load_problems
 from cluster.spec import motif_spec
 from rewards import FORMATS, build_rewards, grade_batch
 from rewards.math_answers import answer_key

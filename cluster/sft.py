@@ -14,10 +14,10 @@ from tqdm import tqdm
 
 from cluster.config import BadInput, SFTRunConfig, to_dict
 from cluster.console import quiet_driver
-from cluster.data import LoadReport, json_objects, jsonl_rows
+from cluster.tasks.data import LoadReport, json_objects, jsonl_rows
 from cluster.metrics import MetricsLog
 from cluster.models import resolve_model
-from cluster.toy_task import ToyConfig
+from cluster.tasks.toy_task import ToyConfig
 from learner.records import SFTSample
 from rollout.engine import chat_prompt_ids
 

@@ -71,5 +71,5 @@ class RolloutWorker:
         return os.getpid()
 
     def __del__(self):
-        if self._adapters is not None:
+        if getattr(self, "_adapters", None) is not None:  # absent when the constructor failed
             shutil.rmtree(self._adapters, ignore_errors=True)

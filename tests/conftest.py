@@ -14,7 +14,7 @@ os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DATA = Path(REPO) / "cluster" / "datasets"  # the project's own copies: a clone has no ../shared
+DATA = Path(REPO) / "cluster" / "tasks" / "datasets"  # the project's own copies: a clone has no ../shared
 
 
 @pytest.fixture(scope="session")

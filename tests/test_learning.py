@@ -20,7 +20,7 @@ DEMO = "cluster/configs/demo.yaml"
 @pytest.fixture(scope="session")
 def warm_start(tmp_path_factory):
     """The demo's warm start, built once for the session: (model folder, cache dir)."""
-    from cluster.models import ensure_toy_warm_start
+    from cluster.tasks.warm_start import ensure_toy_warm_start
 
     config = load_config(DEMO)
     cache = tmp_path_factory.mktemp("warm-start")
@@ -32,7 +32,7 @@ def test_sft_model_greedy_output_under_vllm_equals_hf(ray_session, warm_start):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from cluster.toy_task import toy_problems
+    from cluster.tasks.toy_task import toy_problems
     from rewards import FORMATS
     from rollout.actor import RolloutWorker
     from rollout.protocols import SYSTEM_PROMPT, conversation, first_round_message

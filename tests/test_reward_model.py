@@ -32,7 +32,7 @@ def pairs(seed: int, n: int) -> list[tuple[str, str, str]]:
 
 @pytest.fixture(scope="module")
 def trained_reward_model(tmp_path_factory) -> str:
-    from learner.tiny_model import build_tiny_reward_model
+    from tests.tiny_reward_model import build_tiny_reward_model
     from rewards.reward_model import RewardModelScorer
 
     path = build_tiny_reward_model(tmp_path_factory.mktemp("rm") / "model")
@@ -61,7 +61,7 @@ def ranking_accuracy(scores_chosen, scores_rejected) -> float:
 
 
 def test_trained_reward_model_ranks_held_out_answers_through_the_actor(ray_session, trained_reward_model, tmp_path):
-    from learner.tiny_model import build_tiny_reward_model
+    from tests.tiny_reward_model import build_tiny_reward_model
     from rewards.reward_model import RewardModelWorker
 
     held_out = pairs(seed=1, n=32)

@@ -20,7 +20,7 @@ from rewards import (
     gsm8k_gold,
     intermediate_round_format,
 )
-from rewards.surface_forms import correct_forms, wrong_form
+from tests.surface_forms import correct_forms, wrong_form
 from tests.conftest import DATA
 
 

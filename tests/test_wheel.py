@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from cluster.config import ConfigError, load_config, resolve_config, shipped_configs
-from cluster.models import cache_dir
+from cluster.cache import cache_dir
 from tests.conftest import REPO
 
 # Not the project's sources: what a checkout holds besides them (and what a build writes).
@@ -58,7 +58,7 @@ def test_wheel_builds_without_warnings_and_carries_the_shipped_files(wheel):
         assert f"cluster/configs/{name}.yaml" in names
     assert "cluster/configs/demo.yaml" in names
     for dataset in ("gsm8k/train.jsonl", "gsm8k/test.jsonl", "math500/test.jsonl", "aime24/test.jsonl", "README.md"):
-        assert f"cluster/datasets/{dataset}" in names
+        assert f"cluster/tasks/datasets/{dataset}" in names
     launch = {p.name for p in (Path(REPO) / "cluster" / "launch").iterdir()}
     assert launch >= {"ray-node.sh", "slurm.sbatch", "ray-cluster.yaml", "kuberay-rayjob.yaml"}
     for name in launch:

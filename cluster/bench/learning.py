@@ -5,7 +5,7 @@ get the same per-round token budget, which is too small for a whole solution; a 
 GRPO MOTIF's total budget (3 rounds' worth) in one round. Each is evaluated on held-out questions in its own
 protocol and budget. Several seeds per method give a mean and a 95% interval at every evaluated step.
 
-    python -m cluster.learning_benchmark --seeds 0 1 2 --steps 40 [--out runs/learning-benchmark] [key=value ...]
+    python -m cluster.bench.learning --seeds 0 1 2 --steps 40 [--out runs/learning-benchmark] [key=value ...]
 
 Prints a JSON document and a table, and writes both plus a plot to --out. Extra key=value arguments override
 the demo config for both methods (e.g. data.toy.operations=8 rollout.max_tokens=40).

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cluster.config import BadInput, DataConfig
-from cluster.toy_task import toy_problems
+from cluster.tasks.toy_task import toy_problems
 from rewards.math_answers import gsm8k_gold
 
 
@@ -54,7 +54,7 @@ NAMED_DATASETS = {
     "math500": NamedDataset(("test",), "problem", "answer", "plain"),
     "aime24": NamedDataset(("test",), "problem", "answer", "plain"),
 }
-TOY = "toy"  # the synthetic task of cluster/toy_task.py
+TOY = "toy"  # the synthetic task of cluster/tasks/toy_task.py
 TOY_DEFAULT_COUNT = 1000
 
 

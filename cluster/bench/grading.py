@@ -1,6 +1,6 @@
 """Grading throughput: responses per second through the bounded pool vs. unbounded in-process grading.
 
-    python -m rewards.benchmark [--rows 300]
+    python -m cluster.bench.grading [--rows 300]
 
 Prints a JSON line and a short table. Ratios matter, not absolute numbers (shared, noisy machines).
 """
@@ -13,10 +13,11 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from cluster.tasks.data import SHIPPED
 from rewards.grading import Grader
 from rewards.math_answers import grade_unbounded
 
-DATA = Path(__file__).resolve().parents[1] / "cluster" / "datasets"
+DATA = SHIPPED
 
 
 def workload(rows: int) -> tuple[list[str], list[str]]:

@@ -1,8 +1,8 @@
 """Where toy-task solutions first go wrong: first-wrong-step attribution of one multi-round solution, and
 counts of those places over an evaluation's samples, to compare evaluations (before / after training).
 
-    python -m cluster.diagnosis RUN_DIR/eval/step-0 RUN_DIR/eval/step-40            # table, then JSON
-    python -m cluster.diagnosis OUT/eval --config my.yaml --json diagnosis.json     # a `motif eval` folder
+    python -m cluster.bench.diagnosis RUN_DIR/eval/step-0 RUN_DIR/eval/step-40            # table, then JSON
+    python -m cluster.bench.diagnosis OUT/eval --config my.yaml --json diagnosis.json     # a `motif eval` folder
 
 Pure Python (no Ray, vLLM or torch): it reads samples.jsonl records (cluster/evaluation.py) and regenerates
 the toy questions from the run's config (a record names its question by `question_id`, the question's index
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-from cluster.toy_task import LETTERS, ToyConfig, ToyProblem, parse_progress, parse_question, parse_steps, toy_problems
+from cluster.tasks.toy_task import LETTERS, ToyConfig, ToyProblem, parse_progress, parse_question, parse_steps, toy_problems
 from rewards.format import extract_progress
 from rewards.math_answers import extract_answer, parse_number
 
@@ -265,7 +265,7 @@ def table(results: dict[str, dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m cluster.diagnosis",
+        prog="python -m cluster.bench.diagnosis",
         description="Where toy-task solutions first go wrong, counted per round and step, for one or more "
                     "evaluations side by side (e.g. RUN_DIR/eval/step-0 RUN_DIR/eval/step-40).")
     parser.add_argument("evals", nargs="+", metavar="EVAL",

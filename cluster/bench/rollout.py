@@ -1,10 +1,10 @@
 """Rollout pool overhead and adapter push cost.
 
-    python -m rollout.benchmark [--prompts 64 --n 4 --max-tokens 64 --repeats 3 --steps 4]
+    python -m cluster.bench.rollout [--prompts 64 --n 4 --max-tokens 64 --repeats 3 --steps 4]
 
 1. The same requests through bare vLLM (an `LLM` in a Ray actor, token prompts, one `generate`) and through the
    rollout pool with 1 and 2 workers: tokens/s and the pool's share of bare throughput.
-2. A short `motif train` (tests/configs/smoke.yaml): time spent pushing the adapter as a share of step time.
+2. A short `motif train` (the tiny model, GSM8K prompts, MOTIF with 2 rounds): time spent pushing the adapter as a share of step time.
 
 Prints a JSON line and a short table; compare figures from one run (shared machines are noisy).
 """
@@ -20,7 +20,11 @@ from pathlib import Path
 
 import ray
 
-REPO = Path(__file__).resolve().parents[1]
+# The tiny model on GSM8K prompts, MOTIF with 2 rounds (as tests/configs/smoke.yaml, which a wheel lacks).
+SMALL_RUN = ["model.path=tiny", "data.path=gsm8k", "data.limit=16", "rollout.prompts_per_step=2",
+             "rollout.samples_per_prompt=4", "rollout.continuations=2", "rollout.rounds=2", "rollout.max_tokens=48",
+             "rollout.dtype=float32", "learner.lora_rank=8", "learner.lora_alpha=16", "learner.mini_batch_size=8",
+             "learner.micro_batch_size=4", "learner.kl_coef=0.01"]
 ENGINE = {"max_model_len": 512, "dtype": "float32", "seed": 0, "enforce_eager": True}
 
 
@@ -69,7 +73,7 @@ def pool_throughput(model: str, workers: int, calls, spec, repeats: int) -> floa
     from cluster.config import load_config
     from cluster.workers import start_rollout_pool
 
-    config = load_config(REPO / "tests/configs/smoke.yaml", [f"rollout.num_workers={workers}", "rollout.kv_cache_mb=64",
+    config = load_config(None, SMALL_RUN + [f"rollout.num_workers={workers}", "rollout.kv_cache_mb=64",
                                                                f"rollout.max_model_len={ENGINE['max_model_len']}"])
     pool = start_rollout_pool(config, model)
     pool.wait_ready(600)
@@ -88,7 +92,7 @@ def push_share(steps: int) -> dict:
     from cluster.driver import train
 
     with tempfile.TemporaryDirectory() as tmp:
-        config = load_config(REPO / "tests/configs/smoke.yaml", [f"steps={steps}", f"output_dir={tmp}/run",
+        config = load_config(None, SMALL_RUN + [f"steps={steps}", f"output_dir={tmp}/run",
                                                                    f"model.tiny_model_dir={tmp}/tiny"])
         run_dir = train(config)
         lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()][1:]  # warm step out

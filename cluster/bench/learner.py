@@ -1,7 +1,7 @@
 """Learner throughput: GRPO train_step tokens/s on a random Qwen2-shaped model with a LoRA adapter.
 
-    python -m learner.benchmark [--hidden 256 --layers 4 --vocab 32768 --rank 16 --samples 32 --mini 32]
-    python -m learner.benchmark --hidden 2048 --layers 36 --heads 16 --vocab 151936 --rank 64   # Qwen2.5-3B-shaped, GPU
+    python -m cluster.bench.learner [--hidden 256 --layers 4 --vocab 32768 --rank 16 --samples 32 --mini 32]
+    python -m cluster.bench.learner --hidden 2048 --layers 36 --heads 16 --vocab 151936 --rank 64   # Qwen2.5-3B-shaped, GPU
 
 Two cases: the batch as one mini-batch (on-policy) and as two (the old-logprob pass is needed). Prints a JSON
 line and a short table; compare runs made side by side (shared machines are noisy).

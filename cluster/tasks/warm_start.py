@@ -1,0 +1,67 @@
+"""The toy task's warm start: the tiny model SFT'd (by `motif sft`, in its own process) on imperfect toy traces,
+built once per setting and cached per user."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+from tqdm import tqdm
+
+from cluster.cache import build_lock, cache_dir, tiny_model_digest
+from cluster.config import ModelConfig, SFTDataConfig, SFTRunConfig, WarmStartConfig, to_dict
+from cluster.tasks.toy_task import ToyConfig, sft_rows, tokenizer_corpus
+from learner.config import LearnerConfig
+
+
+def ensure_toy_warm_start(settings: WarmStartConfig, toy: ToyConfig) -> Path:
+    """The tiny model SFT'd on imperfect toy traces in every protocol of `settings.rounds`; built on first use
+    and cached (in `settings.dir`, default the user's cache) under a key of everything that shapes it (settings,
+    toy task, the protocol texts, the tiny model's code)."""
+    corpus = tokenizer_corpus(toy)
+    key_material = json.dumps([dataclasses.asdict(settings) | {"dir": None}, dataclasses.asdict(toy), corpus,
+                               tiny_model_digest()])
+    root = Path(settings.dir).resolve() if settings.dir else cache_dir() / "warm-start"
+    folder = root / f"toy-{hashlib.sha256(key_material.encode()).hexdigest()[:12]}"
+    model = folder / "model"
+    if (model / "config.json").exists():
+        return model
+    with build_lock(folder):
+        if (model / "config.json").exists():  # another run built it while this one waited
+            return model
+        _build_toy_warm_start(settings, toy, corpus, folder)
+    return model
+
+
+def _build_toy_warm_start(settings: WarmStartConfig, toy: ToyConfig, corpus: list[str], folder: Path) -> None:
+    tqdm.write(f"warm start: building the toy-task SFT model in {folder} (once; cached for later runs)")
+    from learner.tiny_model import build_tiny_model
+
+    work = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(work, ignore_errors=True)
+    base = build_tiny_model(work / "base", seed=settings.seed, extra_corpus=corpus)
+    rows = sft_rows(toy, settings.problems, tuple(settings.rounds), settings.error_rate, seed=settings.seed)
+    (work / "sft.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    sft = SFTRunConfig(
+        output_dir=str(work),
+        steps=settings.steps,
+        seed=settings.seed,
+        model=ModelConfig(path=str(base)),
+        data=SFTDataConfig(path=str(work / "sft.jsonl")),
+        learner=LearnerConfig(
+            finetune="full", learning_rate=settings.learning_rate, warmup_steps=min(30, settings.steps // 10),
+            mini_batch_size=settings.batch_size, micro_batch_size=settings.batch_size, seed=settings.seed,
+        ),
+    )
+    (work / "sft.yaml").write_text(yaml.safe_dump(to_dict(sft), sort_keys=False))
+    # `motif sft` in its own process, exactly as a user runs it: the learner's process group and environment
+    # (MASTER_PORT, RANK) must not leak into this process, whose Ray actors start their own.
+    subprocess.run([sys.executable, "-m", "cluster.cli", "sft", "--config", str(work / "sft.yaml")], check=True)
+    shutil.rmtree(work / "base")
+    work.rename(folder)
