@@ -7,7 +7,7 @@ import json
 import pytest
 
 from cluster.config import ConfigError, DataConfig, load_config
-from cluster.data import load_problems
+from cluster.tasks.data import load_problems
 
 
 def test_demo_config_loads_and_overrides_apply():
@@ -83,7 +83,7 @@ def test_shipped_data_matches_the_recorded_checksums():
     import hashlib
     import re
 
-    from cluster.data import SHIPPED
+    from cluster.tasks.data import SHIPPED
 
     recorded = dict(re.findall(r"^\| (\S+\.jsonl) \| \d+ \| ([0-9a-f]{64}) \|$", (SHIPPED / "README.md").read_text(), re.M))
     assert len(recorded) == 4

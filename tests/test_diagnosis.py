@@ -11,9 +11,9 @@ from math import sqrt
 import pytest
 import yaml
 
-from cluster.diagnosis import KINDS, attribute, diagnose, diagnose_folder, main
+from cluster.bench.diagnosis import KINDS, attribute, diagnose, diagnose_folder, main
 from cluster.evaluation import summarize, t_quantile
-from cluster.toy_task import STEP_PATTERN, ToyConfig, parse_question, solution_turns, toy_problems
+from cluster.tasks.toy_task import STEP_PATTERN, ToyConfig, parse_question, solution_turns, toy_problems
 
 TOY = ToyConfig(operations=8, steps_per_round=3)
 ROUNDS = 3  # rounds write steps a-c, d-f, g-h (the demo's shape)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import ray
 
-from cluster.data import Problem
+from cluster.tasks.data import Problem
 from cluster.driver import attested, reward_samples
 from cluster.evaluation import EvalFailed, evaluate
 from rewards import RewardTerm, build_rewards, score_samples

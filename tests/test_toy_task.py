@@ -9,8 +9,8 @@ import re
 import pytest
 
 from cluster.config import DataConfig
-from cluster.data import load_problems
-from cluster.toy_task import ToyConfig, solution_turns, toy_problems
+from cluster.tasks.data import load_problems
+from cluster.tasks.toy_task import ToyConfig, solution_turns, toy_problems
 from rewards import FORMATS, extract_progress, grade_batch
 
 
