@@ -70,3 +70,25 @@ def quiet_driver(log_dir: Path) -> None:
         logger.handlers = [divert.handler]
         logger.propagate = False
     logging.captureWarnings(True)
+
+
+def divert_raylet_messages() -> None:
+    """Ray's driver prints what the raylet reports (e.g. "A worker died or was killed while executing a task")
+    straight to stdout from a listener thread, past logging and `log_to_driver`. With a quiet console those lines
+    go to the driver log instead; the run's own message says what happened and what to do. Ray looks the
+    printer up by name on every message, so replacing it here takes effect for the listener too."""
+    import ray._private.worker as ray_worker
+
+    original = ray_worker.print_to_stdstream
+    if getattr(original, "motif_diverted", False):
+        return
+
+    def print_or_log(data, ignore_prefix: bool):
+        if data.get("pid") == "raylet":
+            for line in data.get("lines", []):
+                logging.getLogger("ray").warning("(raylet) %s", line)
+        else:
+            original(data, ignore_prefix)
+
+    print_or_log.motif_diverted = True
+    ray_worker.print_to_stdstream = print_or_log

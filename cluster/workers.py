@@ -47,7 +47,7 @@ def start_ray(config: RunConfig, log_dir: Path | None = None) -> None:
     token authentication on. With `log_dir`, library output goes there instead of the console."""
     import ray
 
-    from cluster.console import LOG_DIR_ENV, WORKER_SETUP_HOOK, quiet_driver
+    from cluster.console import LOG_DIR_ENV, WORKER_SETUP_HOOK, divert_raylet_messages, quiet_driver
 
     if ray.is_initialized():
         return
@@ -78,6 +78,7 @@ def start_ray(config: RunConfig, log_dir: Path | None = None) -> None:
              include_dashboard=False, log_to_driver=log_dir is None, configure_logging=log_dir is None)
     if log_dir is not None:
         quiet_driver(log_dir)  # after ray.init, which drops the handlers of Ray's loggers
+        divert_raylet_messages()
 
 
 def placement_bundles(config: RunConfig) -> tuple[list[dict[str, float]], list[int], list[int]]:

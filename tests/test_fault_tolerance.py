@@ -83,6 +83,8 @@ def test_a_dead_learner_stops_the_run_and_names_the_resume_command(tmp_path):
     output, _ = proc.communicate(timeout=600)
     assert proc.returncode == 1, output[-3000:]
     assert "learner rank died" in output and f"motif train --config {run_dir / 'config.yaml'} --resume auto" in output
+    assert "(raylet)" not in output and "Traceback" not in output  # the run's own message, not Ray's
+    assert output.strip().splitlines()[-1].startswith("motif: a learner rank died")
 
 
 def test_a_hung_worker_is_replaced_and_its_requests_retried(ray_session, tiny_model):
