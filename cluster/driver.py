@@ -109,6 +109,17 @@ class HeldOutEval:
         self.spec = eval_spec(config, spec)
         self.problems = eval_problems(config) if self.every else []
         self.history: list[tuple[int, float]] = []
+        e, r = config.eval, config.rollout
+        # Held-out pass@1 and reward/accuracy measure the same thing (one chain's final answer from a round-1
+        # sample, at the training temperatures), on held-out and on training questions, when eval samples as
+        # training does; their gap is then the generalisation gap.
+        self.comparable = e.temperature is None and e.rounds in (None, r.rounds) and e.max_tokens in (None, r.max_tokens)
+        self.train_accuracy: list[float] = []
+
+    def track(self, metrics: dict) -> None:
+        """Collect a step's training accuracy for the next evaluation's comparison."""
+        if "reward/accuracy" in metrics:
+            self.train_accuracy.append(metrics["reward/accuracy"])
 
     def due(self, step: int, last: int) -> bool:
         return bool(self.every) and (step % self.every == 0 or step == last)
@@ -130,6 +141,13 @@ class HeldOutEval:
         tqdm.write(f"eval step {step} | pass@1 {summary['pass@1']:.3f}{interval} | maj@{n} {summary[f'maj@{n}']:.3f} "
                    f"| format {summary['format_rate']:.2f}")
         metrics = {f"eval/{k}": float(v) for k, v in summary.items() if isinstance(v, (int, float))}
+        if self.comparable and self.train_accuracy and summary["pass@1_lo"] is not None:
+            train = sum(self.train_accuracy) / len(self.train_accuracy)
+            metrics.update({"eval/train_accuracy": train, "eval/generalization_gap": train - summary["pass@1"]})
+            if not summary["pass@1_lo"] <= train <= summary["pass@1_hi"]:
+                tqdm.write(f"note: training accuracy over the last {len(self.train_accuracy)} steps ({train:.3f}) is "
+                           f"outside held-out pass@1's interval{interval}: training and held-out questions diverge")
+        self.train_accuracy = []
         return {**metrics, "time_eval": time.perf_counter() - t0}
 
 
@@ -282,6 +300,7 @@ def train(config: RunConfig, resume: str | None = None) -> Path:
                     raise RunStalled(f"{unusable} steps in a row had nothing to learn from (step {step}: {why}; "
                                      f"max_skipped_steps={config.max_skipped_steps}); the run stops. {run.resume_hint}")
             metrics.update(adapter_version=version, time_rollout=t1 - t0, time_reward=t2 - t1)
+            held_out.track(metrics)
             if held_out.due(step, config.steps):
                 metrics.update(held_out.run(step))
             log.log(step, metrics)

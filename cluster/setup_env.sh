@@ -38,7 +38,7 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
       exit 2
       ;;
   esac
-  "$venv/bin/python" -c "import vllm, deepspeed, peft, ray, transformers, math_verify" 2>/dev/null \
+  "$venv/bin/python" -c "import vllm, deepspeed, peft, ray, transformers, math_verify" >/dev/null 2>&1 \
     || { echo "setup: install finished but imports fail" >&2; exit 1; }
   echo "$want" > "$stamp"
 fi

@@ -16,6 +16,7 @@ import ray
 import torch
 
 from learner.config import LearnerConfig
+from learner.deepspeed_config import deepspeed_config, lr_schedule
 from learner.losses import POLICY_LOSSES, k3_kl
 from learner.policy import load_policy, pad_batch, token_logprobs
 from learner.records import SFTSample, TrainSample
@@ -34,39 +35,6 @@ def rendezvous_address(node_ip: str) -> str:
     if ipaddress.ip_address(node_ip).is_loopback:
         return f"file://{tempfile.gettempdir()}/motif-rendezvous-{uuid.uuid4().hex}"
     return f"{node_ip}:{free_port()}"
-
-
-def lr_schedule(config: LearnerConfig):
-    """Multiplier of the learning rate at optimizer step s: linear warm-up over warmup_steps (step 0 already
-    trains), then linear decay to 0 at decay_steps; constant when decay_steps is 0."""
-
-    def factor(step: int) -> float:
-        warm = min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
-        if not config.decay_steps:
-            return warm
-        return warm * max(0.0, (config.decay_steps - step) / (config.decay_steps - config.warmup_steps)) \
-            if step >= config.warmup_steps else warm
-
-    return factor
-
-
-def deepspeed_config(config: LearnerConfig, bf16: bool) -> dict:
-    return {
-        "train_micro_batch_size_per_gpu": config.micro_batch_size,
-        # Accumulation boundaries are set explicitly per mini-batch (its size can vary when prompts are
-        # skipped), so DeepSpeed's own counter stays at 1.
-        "gradient_accumulation_steps": 1,
-        "gradient_clipping": config.max_grad_norm,
-        "zero_optimization": {"stage": config.zero_stage},
-        "bf16": {"enabled": bf16},
-        # torch's AdamW: avoids JIT-compiling DeepSpeed's fused Adam op (minutes on a small CPU machine).
-        "optimizer": {
-            "type": "AdamW",
-            "params": {"lr": config.learning_rate, "weight_decay": config.weight_decay, "torch_adam": True},
-        },
-        "steps_per_print": 1 << 30,
-        "wall_clock_breakdown": False,
-    }
 
 
 def canonical_adapter_config(path: Path) -> None:
@@ -175,16 +143,24 @@ class GRPOLearner:
     def _logprobs(self, samples: Sequence[TrainSample], *, with_adapter: bool = True):
         ids, attention, mask = pad_batch(samples, self.pad_id, self.device)
         chunking = {"chunk_tokens": self.config.logprob_chunk_tokens,
-                    "recompute": self.config.logprob_recompute and self.config.zero_stage != 3}
+                    "recompute": self.config.logprob_recompute and self.config.zero_stage != 3,
+                    "group_chunks": self._group_max if self.config.zero_stage == 3 and self.world_size > 1 else None}
         if with_adapter:
             return token_logprobs(self.engine, ids, attention, self.temperature, **chunking), mask
         with self.engine.module.disable_adapter():
             return token_logprobs(self.engine.module, ids, attention, self.temperature, **chunking), mask
 
-    def _idle_micro(self) -> None:
-        """A zero-loss forward and backward: a rank with no samples in a micro-batch still joins its collectives."""
-        loss = self._logprobs([TrainSample([self.pad_id], [self.pad_id], 0.0)])[0].sum() * 0.0
-        self.engine.backward(loss, scale_wrt_gas=False)
+    def _group_max(self, value: int) -> int:
+        import torch.distributed as dist
+
+        value = torch.tensor([value], device=self.device)
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return int(value)
+
+    def _idle_logprobs(self, *, with_adapter: bool = True) -> torch.Tensor:
+        """A one-token pass: a rank with no samples in a micro-batch still joins its collectives (ZeRO-3 gathers
+        the partitioned weights in every forward, and backward)."""
+        return self._logprobs([TrainSample([self.pad_id], [self.pad_id], 0.0)], with_adapter=with_adapter)[0]
 
     def _micro_batches(self, samples: Sequence) -> list[list]:
         size = self.config.micro_batch_size
@@ -222,7 +198,7 @@ class GRPOLearner:
                 for key, value in stats.items():
                     sums[key] = sums.get(key, 0.0) + float((value.detach() * mask).sum())
             else:
-                self._idle_micro()
+                self.engine.backward(self._idle_logprobs().sum() * 0.0, scale_wrt_gas=False)
             if boundary and self._plain_fp32:
                 grad_norm = self._local_grad_norm()
             self.engine.step()
@@ -230,22 +206,27 @@ class GRPOLearner:
             grad_norm = float(self.engine.get_global_grad_norm())
         return sums, grad_norm
 
-    def _sample_logprobs(self, samples: Sequence, *, with_adapter: bool) -> dict[int, torch.Tensor]:
-        """Completion-token logprobs of each sample (by its index in `samples`), in eval mode (no dropout)."""
+    def _sample_logprobs(self, samples: Sequence, plan, *, with_adapter: bool) -> dict[int, torch.Tensor]:
+        """Completion-token logprobs of each sample (by its index in `samples`), in eval mode (no dropout), over
+        the plan's micro-batches: the same passes on every rank, an empty micro-batch an idle one."""
         self.engine.eval()
         out: dict[int, torch.Tensor] = {}
         with torch.no_grad():
-            for start in range(0, len(samples), self.config.micro_batch_size):
-                micro = samples[start : start + self.config.micro_batch_size]
-                logprobs, mask = self._logprobs(micro, with_adapter=with_adapter)
-                for offset, (row, m) in enumerate(zip(logprobs, mask)):
-                    out[start + offset] = row[m.bool()]
+            for micro in (micro for micros, _ in plan for micro in micros):
+                if not micro:
+                    self._idle_logprobs(with_adapter=with_adapter)
+                    continue
+                logprobs, mask = self._logprobs([samples[i] for i in micro], with_adapter=with_adapter)
+                for index, row, m in zip(micro, logprobs, mask):
+                    out[index] = row[m.bool()]
         self.engine.train()
         return out
 
     def score(self, samples: Sequence[TrainSample]) -> list[list[float]]:
         """Each completion's per-token logprobs under the current policy (at the sampling temperature)."""
-        return [v.tolist() for _, v in sorted(self._sample_logprobs(list(samples), with_adapter=True).items())]
+        samples = list(samples)
+        logprobs = self._sample_logprobs(samples, self._plan(samples), with_adapter=True)
+        return [logprobs[i].tolist() for i in range(len(samples))]
 
     def train_step(self, samples: Sequence[TrainSample], plan: list[tuple[list[list[int]], int]] | None = None) -> dict[str, float]:
         """One GRPO update pass over the batch: one optimizer step per mini-batch.
@@ -261,8 +242,8 @@ class GRPOLearner:
             plan = self._plan(samples)
         # Old logprobs: with one mini-batch the policy has not moved when each sample is scored, so the ratio
         # is exactly 1 and no separate pass is needed.
-        old = self._sample_logprobs(samples, with_adapter=True) if len(plan) > 1 else None
-        ref = self._sample_logprobs(samples, with_adapter=False) if cfg.kl_coef else None
+        old = self._sample_logprobs(samples, plan, with_adapter=True) if len(plan) > 1 else None
+        ref = self._sample_logprobs(samples, plan, with_adapter=False) if cfg.kl_coef else None
         policy_loss = POLICY_LOSSES[cfg.policy_loss]
 
         def by_sample(table, indices, mask):

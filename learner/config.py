@@ -22,6 +22,9 @@ class LearnerConfig:
     max_grad_norm: float = 1.0
     zero_stage: int = 0
     num_ranks: int = 1  # data-parallel ranks (Ray actors in one DeepSpeed group)
+    # ZeRO-3 keeps tensors of fewer elements than this whole on every rank (DeepSpeed's default: 1e5); 0 shards
+    # every tensor, which a small model needs to be partitioned at all
+    zero3_param_persistence_threshold: int = 100_000
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~1/3 more compute
     logprob_chunk_tokens: int = 1024  # positions per vocabulary-projection chunk when computing token logprobs
     # Recompute each chunk's logits in backward instead of keeping them: memory of one chunk, not of the
@@ -49,6 +52,9 @@ class LearnerConfig:
             raise ValueError(f"learner.lora_rank must be >= 1, got {self.lora_rank}")
         if self.zero_stage not in (0, 1, 2, 3):
             raise ValueError(f"learner.zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}")
+        if self.zero3_param_persistence_threshold < 0:
+            raise ValueError("learner.zero3_param_persistence_threshold must be >= 0, "
+                             f"got {self.zero3_param_persistence_threshold}")
         if self.logprob_chunk_tokens < 1:
             raise ValueError(f"learner.logprob_chunk_tokens must be >= 1, got {self.logprob_chunk_tokens}")
         if self.num_ranks < 1:

@@ -27,7 +27,8 @@ def rendezvous() -> str:
 
 def shard_plan(samples: Sequence[TrainSample], ranks: int, mini_batch_size: int, micro_batch_size: int):
     """Each rank's samples and plan: every mini-batch split across ranks with balanced token counts, then into
-    micro-batches; ranks with fewer micro-batches get empty ones, so all make the same collective calls."""
+    micro-batches; ranks with fewer micro-batches get empty ones, so all make the same collective calls (in the
+    update and in the old/reference logprob passes, which run over the same micro-batches)."""
     local: list[list[TrainSample]] = [[] for _ in range(ranks)]
     plans: list[list] = [[] for _ in range(ranks)]
     for start in range(0, len(samples), mini_batch_size):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -55,14 +55,21 @@ def _chunk_logprobs(head, hidden: torch.Tensor, targets: torch.Tensor, temperatu
 
 
 def token_logprobs(model, ids: torch.Tensor, attention: torch.Tensor, temperature: float = 1.0,
-                   chunk_tokens: int = 1024, recompute: bool = True) -> torch.Tensor:
+                   chunk_tokens: int = 1024, recompute: bool = True,
+                   group_chunks: Callable[[int], int] | None = None) -> torch.Tensor:
     """log p(ids[:, t+1] | ids[:, :t+1]) under the sampling temperature, in float32.
 
     The vocabulary projection runs `chunk_tokens` positions at a time from the final hidden states, so the
     full [batch, length, vocab] logits never exist, in fp32 or at all. With `recompute`, under autograd each
     chunk's logits are recomputed in backward instead of kept (not under ZeRO-3, whose partitioned head weight
     differs between forward and a recomputation).
+
+    `group_chunks(n)` turns this call's chunk count into the group's largest: under ZeRO-3 every call of the
+    partitioned head is a collective all ranks must join, so a rank with fewer positions makes up the
+    difference with head calls on one position, at zero weight (their gradient is exactly 0).
     """
+    chunks = -(-ids.shape[0] * (ids.shape[1] - 1) // chunk_tokens)
+    extra = group_chunks(chunks) - chunks if group_chunks else 0
     out = model(input_ids=ids, attention_mask=attention, output_hidden_states=True, logits_to_keep=1)
     hidden = out.hidden_states[-1][:, :-1]
     targets = ids[:, 1:]
@@ -75,6 +82,8 @@ def token_logprobs(model, ids: torch.Tensor, attention: torch.Tensor, temperatur
             parts.append(torch.utils.checkpoint.checkpoint(_chunk_logprobs, *args, use_reentrant=False))
         else:
             parts.append(_chunk_logprobs(*args))
+    for _ in range(extra):  # kept in the graph, so that the backward gathers as often on every rank
+        parts[0] = parts[0] + 0.0 * _chunk_logprobs(head, flat_hidden[:1], flat_targets[:1], temperature).sum()
     return torch.cat(parts).view(targets.shape)
 
 

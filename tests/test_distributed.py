@@ -1,5 +1,6 @@
-"""Several learner ranks train as one: a W-rank step equals the 1-rank step on the same batch (ZeRO 0 and 3),
-including mini-batches too small to give every rank a sample."""
+"""Several learner ranks train as one: a W-rank step equals the 1-rank step on the same batch (ZeRO 0, and
+ZeRO 3 with every tensor really partitioned), with shards so unequal that the ranks hold different numbers of
+samples, micro-batches and logprob chunks, and a mini-batch too small to give every rank a sample."""
 
 from __future__ import annotations
 
@@ -12,10 +13,18 @@ from learner.group import shard_plan
 from learner.records import TrainSample
 
 # float32 on CPU: ranks sum gradients in another order than one rank does. The losses and the gradient norm
-# agree to 1e-5 relative. Adam's first steps move each weight by about lr * g / |g|, which magnifies rounding
-# in gradients near zero, so the weights are compared relative to the size of the update: 1e-3 of it.
+# agree to 1e-5 relative; the weights are compared relative to the size of the update: 1e-3 of it. Adam's
+# first steps move a weight by about lr * g / (|g| + eps), which turns rounding in a gradient near eps (1e-8)
+# into a visible difference in that weight, and in every later loss: large advantages and no clipping (which
+# would scale the gradient back to norm 1) keep every gradient far above eps (Adam is otherwise scale-free).
 METRIC_TOLERANCE = 1e-5
 UPDATE_TOLERANCE = 1e-3
+ADVANTAGE_SCALE = 1.0e4
+# A rank left waiting in a collective that another rank never joins hangs: the test fails after this instead.
+CALL_TIMEOUT_S = 300
+OVERRIDES = ["learner.mini_batch_size=6", "learner.micro_batch_size=2", "learner.logprob_chunk_tokens=16",
+             "learner.zero3_param_persistence_threshold=0", "learner.learning_rate=0.01", "learner.kl_coef=0.05",
+             "learner.max_grad_norm=1.0e+6", "cluster.learner_threads=1"]
 
 
 def batch(seed: int = 0, count: int = 7) -> list[TrainSample]:
@@ -23,6 +32,15 @@ def batch(seed: int = 0, count: int = 7) -> list[TrainSample]:
     return [TrainSample([rng.randrange(3, 500) for _ in range(rng.randint(3, 9))],
                         [rng.randrange(3, 500) for _ in range(rng.randint(2, 12))], rng.gauss(0, 1))
             for _ in range(count)]
+
+
+def unequal_batch() -> list[TrainSample]:
+    """One long sample among short ones: balanced by tokens, one rank gets it alone (one micro-batch of 5 logprob
+    chunks), the other the 5 short ones (3 micro-batches of 2 chunks); then a 1-sample mini-batch."""
+    samples = batch(count=7)
+    rng = random.Random(1)
+    samples[2] = TrainSample([rng.randrange(3, 500) for _ in range(8)], [rng.randrange(3, 500) for _ in range(60)], 1.0)
+    return [TrainSample(s.prompt_ids, s.completion_ids, s.advantage * ADVANTAGE_SCALE) for s in samples]
 
 
 def test_shard_plan_covers_every_sample_once_with_matching_calls():
@@ -37,29 +55,53 @@ def test_shard_plan_covers_every_sample_once_with_matching_calls():
     assert all(len([i for m in micros for i in m]) >= 1 for plan in plans for micros, _ in plan)
 
 
+def zero3_state(learner):
+    """On one rank (through __ray_call__): whether every weight is partitioned, and the adapter gathered."""
+    import deepspeed
+    from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
+    from peft import get_peft_model_state_dict
+
+    model = learner.engine.module
+    partitioned = all(not p.ds_persist and p.ds_status == ZeroParamStatus.NOT_AVAILABLE and p.numel() == 0
+                      and 0 < p.ds_tensor.numel() < p.ds_numel for p in model.parameters())
+    with deepspeed.zero.GatheredParameters([p for p in model.parameters() if p.requires_grad]):
+        return partitioned, {k: v.clone() for k, v in get_peft_model_state_dict(model).items()}
+
+
 def one_step(tiny_model, ranks: int, zero_stage: int):
     import ray
     from safetensors.torch import load
 
     from cluster.workers import start_learner_group
 
-    config = load_config("tests/configs/smoke.yaml", [
-        f"learner.num_ranks={ranks}", f"learner.zero_stage={zero_stage}", "learner.learning_rate=0.01",
-        "learner.mini_batch_size=6", "learner.micro_batch_size=2", "learner.kl_coef=0.05", "cluster.learner_threads=1"])
+    config = load_config("tests/configs/smoke.yaml", [f"learner.num_ranks={ranks}", f"learner.zero_stage={zero_stage}",
+                                                      *OVERRIDES])
     group = start_learner_group(config, tiny_model, "")
     try:
-        metrics = group.train_step(batch())
-        digest, payload = group.adapter_payload(1)
-        weights = load(ray.get(payload).files["adapter_model.safetensors"])
+        group.wait_ready(CALL_TIMEOUT_S)
+        local, plans = shard_plan(unequal_batch(), ranks, config.learner.mini_batch_size, config.learner.micro_batch_size)
+        if ranks == 2:
+            assert sorted(map(len, local)) == [2, 5], "the shards are not as unequal as the test means"
+        refs = [rank.train_step.remote(part, plan) for rank, part, plan in zip(group.ranks, local, plans)]
+        metrics = ray.get(refs, timeout=CALL_TIMEOUT_S)[0]
+        _, payload = ray.get([rank.adapter_payload.remote(1) for rank in group.ranks], timeout=CALL_TIMEOUT_S)[0]
+        weights = load(payload.files["adapter_model.safetensors"])
+        states = ray.get([rank.__ray_call__.remote(zero3_state) for rank in group.ranks], timeout=CALL_TIMEOUT_S) \
+            if zero_stage == 3 else None
     finally:
         group.shutdown()
-    return metrics, weights
+    return metrics, weights, states
+
+
+@pytest.fixture(scope="module")
+def single_rank(ray_session, tiny_model):
+    return one_step(tiny_model, 1, 0)
 
 
 @pytest.mark.parametrize("zero_stage", [0, 3])
-def test_two_rank_update_equals_one_rank_update(ray_session, tiny_model, zero_stage):
-    single, single_weights = one_step(tiny_model, 1, 0)
-    double, double_weights = one_step(tiny_model, 2, zero_stage)
+def test_two_rank_update_equals_one_rank_update(single_rank, tiny_model, zero_stage):
+    single, single_weights, _ = single_rank
+    double, double_weights, states = one_step(tiny_model, 2, zero_stage)
     assert single["optimizer_steps"] == double["optimizer_steps"] == 2
     assert single["train_tokens"] == double["train_tokens"]
     for key in ("loss", "kl", "grad_norm", "clip_frac"):
@@ -69,3 +111,8 @@ def test_two_rank_update_equals_one_rank_update(ray_session, tiny_model, zero_st
     assert moved > 1e-3, "the step did not move the adapter"
     worst = max(float((single_weights[k] - double_weights[k]).abs().max()) for k in single_weights)
     assert worst < UPDATE_TOLERANCE * moved, (worst, moved)
+    if zero_stage == 3:
+        for partitioned, gathered in states:
+            assert partitioned, "ZeRO-3 left some weight whole on a rank"
+            assert gathered.keys() == double_weights.keys()
+            assert all(gathered[k].equal(double_weights[k]) for k in gathered), "the export is not the trained adapter"
