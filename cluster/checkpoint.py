@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from cluster.config import BadInput
+from learner.files import replace_directory
 
 STEP_FOLDER = re.compile(r"^step-(\d+)$")
 MANIFEST = "driver.json"
@@ -129,21 +130,17 @@ class Checkpoints:
         """`write(folder)` fills the checkpoint; `state` becomes its manifest, written last, with the driver's
         Python and NumPy RNG states."""
         self.root.mkdir(parents=True, exist_ok=True)
-        final = self.root / f"step-{step:08d}"
-        staging = final.with_name(final.name + ".partial")
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir()
-        write(staging)
-        with open(staging / "driver-rng.pkl", "wb") as f:
-            pickle.dump({"python": random.getstate(), "numpy": np.random.get_state()}, f)
-        (staging / MANIFEST).write_text(json.dumps(state, indent=1))
-        fsync_tree(staging)
-        if final.exists():  # the same step saved again (a resumed run that stopped there): replace it
-            retired = final.with_name(final.name + ".old")
-            shutil.rmtree(retired, ignore_errors=True)
-            final.rename(retired)
-            shutil.rmtree(retired)
-        staging.rename(final)
+
+        def write_whole(staging: Path) -> None:
+            staging.mkdir()
+            write(staging)
+            with open(staging / "driver-rng.pkl", "wb") as f:
+                pickle.dump({"python": random.getstate(), "numpy": np.random.get_state()}, f)
+            (staging / MANIFEST).write_text(json.dumps(state, indent=1))
+            fsync_tree(staging)
+
+        # The same step saved again (a resumed run that stopped there) replaces the old folder.
+        final = replace_directory(self.root / f"step-{step:08d}", write_whole)
         fsync_dir(self.root)
         for old in self.complete(state.get("run_id"))[: -self.keep]:
             shutil.rmtree(old, ignore_errors=True)

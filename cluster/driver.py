@@ -23,7 +23,7 @@ from cluster.models import resolve_model
 from cluster.report import plot_run
 from cluster.spec import motif_spec
 from cluster.workers import colocated_on_gpu, start_ray
-from learner.actor import write_files
+from learner.files import write_files
 from learner.losses import ADVANTAGE_ESTIMATORS
 from learner.records import TrainSample
 from rewards import RewardSample, build_rewards, score_samples

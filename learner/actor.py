@@ -5,7 +5,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-import shutil
 import socket
 import tempfile
 import uuid
@@ -17,15 +16,17 @@ import torch
 
 from learner.config import LearnerConfig
 from learner.deepspeed_config import deepspeed_config, lr_schedule
+from learner.files import replace_directory, write_files
 from learner.losses import POLICY_LOSSES, k3_kl
 from learner.policy import load_policy, pad_batch, token_logprobs
 from learner.records import SFTSample, TrainSample
 from rollout.records import AdapterPayload
 
 
-def free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port that is free on the address it will be served at."""
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return s.getsockname()[1]
 
 
@@ -34,7 +35,25 @@ def rendezvous_address(node_ip: str) -> str:
     rendezvous server listens on the network. Across machines, rank 0's node serves one on a free port."""
     if ipaddress.ip_address(node_ip).is_loopback:
         return f"file://{tempfile.gettempdir()}/motif-rendezvous-{uuid.uuid4().hex}"
-    return f"{node_ip}:{free_port()}"
+    return f"{node_ip}:{free_port(node_ip)}"
+
+
+def interface_of(ip: str) -> str | None:
+    """The network interface that holds IPv4 address `ip` (Linux). gloo otherwise binds the address the host
+    name resolves to, which is often loopback, and ranks on other nodes cannot connect to it. The standard
+    library has no address list per interface, hence the ioctl (SIOCGIFADDR) rather than a new dependency."""
+    import fcntl
+    import struct
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        for _, name in socket.if_nameindex():
+            try:
+                packed = fcntl.ioctl(s.fileno(), 0x8915, struct.pack("256s", name.encode()[:15]))
+            except OSError:
+                continue  # no IPv4 address on this interface
+            if socket.inet_ntoa(packed[20:24]) == ip:
+                return name
+    return None
 
 
 def canonical_adapter_config(path: Path) -> None:
@@ -44,32 +63,6 @@ def canonical_adapter_config(path: Path) -> None:
     if isinstance(config.get("target_modules"), list):
         config["target_modules"] = sorted(config["target_modules"])
     path.write_text(json.dumps(config, indent=2, sort_keys=True))
-
-
-def write_files(target: Path, files: dict[str, bytes]) -> Path:
-    """A flat folder of `files`, swapped in atomically for `target`."""
-
-    def write(staging: Path) -> None:
-        staging.mkdir(parents=True)
-        for name, data in files.items():
-            (staging / name).write_bytes(data)
-
-    return replace_directory(target, write)
-
-
-def replace_directory(target: Path, write) -> Path:
-    """Write a folder through `write(staging_path)`, then swap it in for `target`: a reader never sees a half
-    folder, and an old `target` is only deleted once the new one is in place."""
-    staging = target.with_name(target.name + ".partial")
-    retired = target.with_name(target.name + ".old")
-    shutil.rmtree(staging, ignore_errors=True)
-    shutil.rmtree(retired, ignore_errors=True)
-    write(staging)
-    if target.exists():
-        target.rename(retired)
-    staging.rename(target)
-    shutil.rmtree(retired, ignore_errors=True)
-    return target
 
 
 class GRPOLearner:
@@ -118,6 +111,9 @@ class GRPOLearner:
         else:
             host, port = master.rsplit(":", 1)
             os.environ.update(MASTER_ADDR=host, MASTER_PORT=port)
+            interface = interface_of(ray.util.get_node_ip_address())
+            if interface is not None:  # gloo's connections go over the interface the peers reach this node on
+                os.environ.setdefault("GLOO_SOCKET_IFNAME", interface)
             deepspeed.init_distributed(backend)
 
         model = load_policy(model_path, config, dtype=torch.bfloat16 if cuda else torch.float32)

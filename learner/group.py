@@ -3,6 +3,8 @@ turns a dead rank into an error that says how to resume."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Callable, Sequence
 
 import ray
@@ -48,9 +50,10 @@ def shard_plan(samples: Sequence[TrainSample], ranks: int, mini_batch_size: int,
 
 class LearnerGroup:
     def __init__(self, make_rank: Callable[[int], ray.actor.ActorHandle], num_ranks: int, mini_batch_size: int,
-                 micro_batch_size: int, resume_hint: str):
+                 micro_batch_size: int, resume_hint: str, master: str = ""):
         self.ranks = [make_rank(r) for r in range(num_ranks)]
         self.mini_batch_size, self.micro_batch_size, self.resume_hint = mini_batch_size, micro_batch_size, resume_hint
+        self.master = master  # the ranks' rendezvous: a file on this machine is removed at shutdown
 
     def _get(self, refs, what: str):
         try:
@@ -94,3 +97,6 @@ class LearnerGroup:
     def shutdown(self) -> None:
         for rank in self.ranks:
             ray.kill(rank, no_restart=True)
+        if self.master.startswith("file://"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.master.removeprefix("file://"))

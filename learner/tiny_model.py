@@ -11,6 +11,8 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
+from learner.files import replace_directory
+
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
     "<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
@@ -109,10 +111,7 @@ def ensure_tiny_model(path: str | Path, seed: int = 0) -> Path:
     path = Path(path)
     if (path / "config.json").exists() and (path / "tokenizer.json").exists():
         return path
-    tmp = path.with_name(path.name + ".partial")
-    build_tiny_model(tmp, seed=seed)
-    tmp.rename(path)
-    return path
+    return replace_directory(path, lambda staging: build_tiny_model(staging, seed=seed))
 
 
 def main(argv: list[str] | None = None) -> None:

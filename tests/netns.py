@@ -86,9 +86,9 @@ class TwoNodes:
         return f"{self.head.address}:{RAY_PORT}"
 
     def node_env(self, ns: Namespace) -> dict[str, str]:
-        # torch's gloo binds the address the hostname resolves to (127.0.0.1 on these machines) unless told the
-        # interface; learner ranks on two nodes could not reach each other. The actors inherit it from the node.
-        env = {**self.env, "GLOO_SOCKET_IFNAME": ns.device}
+        # No GLOO_SOCKET_IFNAME here: each learner rank finds the interface of its node's address itself
+        # (learner.actor.interface_of); gloo would otherwise bind 127.0.0.1, the hostname's address here.
+        env = dict(self.env)
         if ns is self.head:
             # The GCS declares a node dead after 3 failed health checks 1 s apart (Ray's default: 5, 3 s apart).
             env.update(RAY_health_check_period_ms="1000", RAY_health_check_failure_threshold="3")

@@ -18,6 +18,7 @@ from cluster.cache import build_lock, cache_dir, tiny_model_digest
 from cluster.config import ModelConfig, SFTDataConfig, SFTRunConfig, WarmStartConfig, to_dict
 from cluster.tasks.toy_task import ToyConfig, sft_rows, tokenizer_corpus
 from learner.config import LearnerConfig
+from learner.files import replace_directory
 
 
 def ensure_toy_warm_start(settings: WarmStartConfig, toy: ToyConfig) -> Path:
@@ -41,10 +42,12 @@ def ensure_toy_warm_start(settings: WarmStartConfig, toy: ToyConfig) -> Path:
 
 def _build_toy_warm_start(settings: WarmStartConfig, toy: ToyConfig, corpus: list[str], folder: Path) -> None:
     tqdm.write(f"warm start: building the toy-task SFT model in {folder} (once; cached for later runs)")
+    replace_directory(folder, lambda work: _build_into(work, settings, toy, corpus))
+
+
+def _build_into(work: Path, settings: WarmStartConfig, toy: ToyConfig, corpus: list[str]) -> None:
     from learner.tiny_model import build_tiny_model
 
-    work = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(work, ignore_errors=True)
     base = build_tiny_model(work / "base", seed=settings.seed, extra_corpus=corpus)
     rows = sft_rows(toy, settings.problems, tuple(settings.rounds), settings.error_rate, seed=settings.seed)
     (work / "sft.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
@@ -64,4 +67,3 @@ def _build_toy_warm_start(settings: WarmStartConfig, toy: ToyConfig, corpus: lis
     # (MASTER_PORT, RANK) must not leak into this process, whose Ray actors start their own.
     subprocess.run([sys.executable, "-m", "cluster.cli", "sft", "--config", str(work / "sft.yaml")], check=True)
     shutil.rmtree(work / "base")
-    work.rename(folder)
