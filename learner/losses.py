@@ -42,10 +42,6 @@ def grpo_advantages(
     return adv
 
 
-def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return (values * mask).sum() / mask.sum().clamp(min=1)
-
-
 def k3_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
     """Per-token unbiased, non-negative KL(policy || reference) estimate: exp(d) - d - 1, d = ref - policy."""
     d = ref_logprobs - logprobs

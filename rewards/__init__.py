@@ -1,7 +1,7 @@
 """Rewards: bounded answer grading, format rewards, MOTIF future accuracy, the reward registry, reward
 models (RLMT) and motivation text (MeRF)."""
 
-from rewards.format import FORMATS, extract_progress, final_round_format, intermediate_round_format, strip_thinking
+from rewards.format import FORMATS, extract_progress, strip_thinking
 from rewards.grading import GradeResult, Grader, grade, grade_batch
 from rewards.math_answers import extract_answer, gsm8k_gold
 from rewards.motif import future_accuracies, future_accuracy
@@ -19,13 +19,11 @@ __all__ = [
     "build_rewards",
     "extract_answer",
     "extract_progress",
-    "final_round_format",
     "future_accuracies",
     "future_accuracy",
     "grade",
     "grade_batch",
     "gsm8k_gold",
-    "intermediate_round_format",
     "motivation_text",
     "register_reward",
     "score_samples",

@@ -54,9 +54,6 @@ FORMATS: dict[str, FormatSpec] = {
     )
 }
 
-intermediate_round_format = FORMATS["reasoning_progress"]
-final_round_format = FORMATS["reasoning_answer"]
-
 _THINKING_OPEN = re.compile(r"<(reasoning|think)>")
 
 

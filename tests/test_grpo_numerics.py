@@ -7,7 +7,11 @@ import math
 import pytest
 import torch
 
-from learner.losses import clipped_policy_loss, grpo_advantages, k3_kl, masked_mean
+from learner.losses import clipped_policy_loss, grpo_advantages, k3_kl
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return (values * mask).sum() / mask.sum().clamp(min=1)
 
 
 def reference_advantages(rewards, groups, eps=1e-6):

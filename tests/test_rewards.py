@@ -10,15 +10,14 @@ from collections import Counter
 import pytest
 
 from rewards import (
+    FORMATS,
     Grader,
     extract_answer,
     extract_progress,
-    final_round_format,
     future_accuracy,
     grade,
     grade_batch,
     gsm8k_gold,
-    intermediate_round_format,
 )
 from tests.surface_forms import correct_forms, wrong_form
 from tests.conftest import DATA
@@ -102,12 +101,12 @@ def test_every_dataset_gold_grades_correct_in_other_forms_and_wrong_when_perturb
 
 def test_format_rewards_match_multiline_blocks_only_once():
     good = "<reasoning>step one\nstep two</reasoning>\n<progress>we know x = 3\nand y = 4</progress>\n"
-    assert intermediate_round_format(good) == 1.0
-    assert intermediate_round_format(good + "<progress>again</progress>") == 0.0
-    assert intermediate_round_format("<progress>p</progress><reasoning>r</reasoning>") == 0.0
-    assert intermediate_round_format("<reasoning></reasoning><progress>p</progress>") == 0.0
-    assert final_round_format("<reasoning>a\nb</reasoning>\n<answer>\\boxed{3}\n</answer>") == 1.0
-    assert final_round_format(good) == 0.0
+    assert FORMATS["reasoning_progress"](good) == 1.0
+    assert FORMATS["reasoning_progress"](good + "<progress>again</progress>") == 0.0
+    assert FORMATS["reasoning_progress"]("<progress>p</progress><reasoning>r</reasoning>") == 0.0
+    assert FORMATS["reasoning_progress"]("<reasoning></reasoning><progress>p</progress>") == 0.0
+    assert FORMATS["reasoning_answer"]("<reasoning>a\nb</reasoning>\n<answer>\\boxed{3}\n</answer>") == 1.0
+    assert FORMATS["reasoning_answer"](good) == 0.0
     assert extract_progress(good) == "we know x = 3\nand y = 4"
 
 
