@@ -73,12 +73,14 @@ def run_sft(config: SFTRunConfig) -> Path:
     model_path = resolve_model(config.model, ToyConfig())
     samples, report = load_sft_samples(config, AutoTokenizer.from_pretrained(model_path))
     tqdm.write(f"sft data: {report.summary()}")
-    from learner.actor import GRPOLearner, rendezvous_address  # after the data is known to be usable: DeepSpeed takes seconds to import
+    from learner.actor import GRPOLearner  # after the data is known to be usable: DeepSpeed takes seconds to import
     batch = config.learner.mini_batch_size
     steps = config.steps or config.epochs * math.ceil(len(samples) / batch)
     learner_config = config.learner
     if not learner_config.decay_steps:
         learner_config = dataclasses.replace(learner_config, decay_steps=max(steps, learner_config.warmup_steps + 1))
+    from learner.rendezvous import rendezvous_address
+
     master = rendezvous_address("127.0.0.1")  # a file, removed when the run ends
     learner = GRPOLearner(model_path, learner_config, master=master)
     rng = random.Random(config.seed)

@@ -22,7 +22,7 @@ class LearnerDied(RuntimeError):
 @ray.remote(num_cpus=0)
 def rendezvous() -> str:
     """Where the ranks meet, as seen from rank 0's node (see learner.actor.rendezvous_address)."""
-    from learner.actor import rendezvous_address
+    from learner.rendezvous import rendezvous_address
 
     return rendezvous_address(ray.util.get_node_ip_address())
 

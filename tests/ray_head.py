@@ -17,7 +17,7 @@ from pathlib import Path
 
 import psutil
 
-from learner.actor import free_port
+from learner.rendezvous import free_port
 
 BIN = Path(sys.executable).parent
 

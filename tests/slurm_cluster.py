@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from learner.actor import free_port
+from learner.rendezvous import free_port
 
 PACKAGES = ["slurm-wlm", "munge"]
 

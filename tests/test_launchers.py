@@ -15,7 +15,7 @@ import jsonschema
 import pytest
 import yaml
 
-from learner.actor import free_port
+from learner.rendezvous import free_port
 from tests.conftest import REPO
 from tests.ray_head import processes_using
 from tests.slurm_cluster import start_slurm
