@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import random
+import statistics
 import time
 from collections import Counter
 from pathlib import Path
@@ -141,12 +143,16 @@ class HeldOutEval:
         tqdm.write(f"eval step {step} | pass@1 {summary['pass@1']:.3f}{interval} | maj@{n} {summary[f'maj@{n}']:.3f} "
                    f"| format {summary['format_rate']:.2f}")
         metrics = {f"eval/{k}": float(v) for k, v in summary.items() if isinstance(v, (int, float))}
-        if self.comparable and self.train_accuracy and summary["pass@1_lo"] is not None:
-            train = sum(self.train_accuracy) / len(self.train_accuracy)
-            metrics.update({"eval/train_accuracy": train, "eval/generalization_gap": train - summary["pass@1"]})
-            if not summary["pass@1_lo"] <= train <= summary["pass@1_hi"]:
-                tqdm.write(f"note: training accuracy over the last {len(self.train_accuracy)} steps ({train:.3f}) is "
-                           f"outside held-out pass@1's interval{interval}: training and held-out questions diverge")
+        if self.comparable and len(self.train_accuracy) > 1 and summary["pass@1_stderr"] is not None:
+            train, gap = statistics.fmean(self.train_accuracy), statistics.fmean(self.train_accuracy) - summary["pass@1"]
+            # Both are estimates: the steps' accuracies vary from batch to batch, the evaluation over questions.
+            stderr = math.hypot(statistics.stdev(self.train_accuracy) / math.sqrt(len(self.train_accuracy)),
+                                summary["pass@1_stderr"])
+            metrics.update({"eval/train_accuracy": train, "eval/generalization_gap": gap})
+            if abs(gap) > 1.96 * stderr:
+                tqdm.write(f"note: training accuracy over the last {len(self.train_accuracy)} steps ({train:.3f}) "
+                           f"differs from held-out pass@1 by {gap:+.3f}, beyond both estimates' noise "
+                           f"(95%: +-{1.96 * stderr:.3f}): training and held-out questions diverge")
         self.train_accuracy = []
         return {**metrics, "time_eval": time.perf_counter() - t0}
 

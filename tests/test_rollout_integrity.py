@@ -158,3 +158,26 @@ def test_a_new_worker_removes_adapter_folders_of_workers_that_are_gone():
     finally:
         shutil.rmtree(first, ignore_errors=True)
         shutil.rmtree(second, ignore_errors=True)
+
+
+def test_training_accuracy_far_from_held_out_is_reported_during_training(tmp_path, capsys):
+    """Held-out pass@1 (here 1.0: every scripted answer is right) against the steps' reward/accuracy: a gap beyond
+    both estimates' noise is logged and said on the console; one within it is only logged."""
+    from cluster.config import load_config
+    from cluster.driver import HeldOutEval
+    from cluster.spec import motif_spec
+
+    config = load_config("tests/configs/smoke.yaml", ["data.path=toy", "eval.every=10", "eval.limit=8", "eval.n=4",
+                                                      "rollout.rounds=1"])
+    held_out = HeldOutEval(config, FailingPool(0), motif_spec(config, []), tmp_path)
+    held_out.problems = [Problem(p.question, "4", p.row) for p in held_out.problems]  # the pool always says 4
+    for accuracy in (0.20, 0.30, 0.25, 0.35):
+        held_out.track({"reward/accuracy": accuracy})
+    metrics = held_out.run(10)
+    assert metrics["eval/pass@1"] == 1.0 and metrics["eval/train_accuracy"] == 0.275
+    assert metrics["eval/generalization_gap"] == -0.725
+    assert "differs from held-out pass@1 by -0.725" in capsys.readouterr().out
+    for accuracy in (0.99, 1.0, 0.98, 1.0):
+        held_out.track({"reward/accuracy": accuracy})
+    assert held_out.run(20)["eval/train_accuracy"] > 0.97
+    assert "differs" not in capsys.readouterr().out
