@@ -181,3 +181,26 @@ def test_training_accuracy_far_from_held_out_is_reported_during_training(tmp_pat
         held_out.track({"reward/accuracy": accuracy})
     assert held_out.run(20)["eval/train_accuracy"] > 0.97
     assert "differs" not in capsys.readouterr().out
+
+
+def test_a_run_with_nothing_to_learn_from_stops_with_the_resume_command(tmp_path):
+    """Every prompt longer than the engine's context: each step is skipped, and after max_skipped_steps in a row
+    the run ends (exit 1) naming why and how to resume, instead of spinning through its steps."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    run_dir = tmp_path / "run"
+    done = subprocess.run(
+        [sys.executable, "-m", "cluster.cli", "train", "--config", "tests/configs/smoke.yaml", f"output_dir={run_dir}",
+         f"model.tiny_model_dir={tmp_path / 'tiny'}", "steps=10", "rollout.max_model_len=64", "rollout.max_tokens=16",
+         "max_skipped_steps=2"],
+        cwd=REPO, capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 1, done.stderr[-3000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("motif: 2 steps in a row had nothing to learn from (step 2: all 2 prompts exceed"), last
+    assert f"motif train --config {run_dir / 'config.yaml'} --resume auto" in last
+    steps = [line for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert len(steps) == 2 and all('"skipped_step": 1.0' in s for s in steps)
