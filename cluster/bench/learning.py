@@ -23,14 +23,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+from cluster.evaluation import t_quantile
+
 METHODS = {
     "grpo, 1 round": ["rollout.rounds=1"],
     "motif, 3 rounds": ["rollout.rounds=3"],
     # The same total token budget as MOTIF's three rounds, in one round: what rounds cost or buy.
     "grpo, 1 round x3 budget": ["rollout.rounds=1", "rollout.max_tokens=120", "eval.max_tokens=120"],
 }
-# Two-sided 95% Student t quantiles by degrees of freedom.
-T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
 
 def interval(values: list[float]) -> tuple[float, float]:
@@ -38,7 +38,7 @@ def interval(values: list[float]) -> tuple[float, float]:
     mean = statistics.fmean(values)
     if len(values) < 2:
         return mean, 0.0
-    return mean, T95.get(len(values) - 1, 1.96) * statistics.stdev(values) / math.sqrt(len(values))
+    return mean, t_quantile(0.975, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
 
 
 def run_one(config: str, out: Path, method: str, seed: int, steps: int, every: int, overrides: list[str]) -> dict:
