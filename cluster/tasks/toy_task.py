@@ -3,7 +3,7 @@
 No pretrained model exists offline, so learning is shown on a task a tiny model can learn on 2 CPU cores.
 `operations` is the difficulty knob: each step is written out as `b*2:0=0` (seven tokens with the tiny
 tokenizer), so a full solution needs about 7 x operations reasoning tokens. A MOTIF round covers at most
-`steps_per_round` steps, and its progress note ("after c: 6") is all the next round needs to continue.
+`steps_per_round` steps, and its progress note ("after c: x=6") is all the next round needs to continue.
 
 Problems come from one seeded stream; a problem's split is a hash of its question, so the train and held-out
 splits never share a question.
