@@ -207,6 +207,12 @@ def eval_folder(config: RunConfig) -> Path:
 
 def run_eval(config: RunConfig) -> dict:
     """`motif eval`: the model (and eval.adapter) on the eval dataset; writes samples.jsonl and summary.json."""
+    from cluster.console import quiet_driver
+
+    folder = eval_folder(config)
+    log_dir = None if config.cluster.show_logs else folder / "logs"
+    if log_dir is not None:
+        quiet_driver(log_dir)  # before the model code imports DeepSpeed, which prints as it is imported
     from cluster.models import resolve_model
     from cluster.workers import start_ray, start_rollout_pool
     from rollout.records import AdapterPayload
@@ -216,8 +222,7 @@ def run_eval(config: RunConfig) -> dict:
     rewards = build_rewards(config.reward.components, motif_response_format(config.rollout.rounds)) \
         if config.reward.motivation else []
     spec = eval_spec(config, motif_spec(config, rewards))
-    folder = eval_folder(config)
-    start_ray(config, None if config.cluster.show_logs else folder / "logs")
+    start_ray(config, log_dir)
     pool = start_rollout_pool(config, model_path)
     try:
         pool.wait_ready(config.cluster.ready_timeout_s)
