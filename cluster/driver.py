@@ -16,7 +16,7 @@ import yaml
 from tqdm import tqdm
 
 from cluster.checkpoint import Checkpoints, claim, load_state, resume_fields
-from cluster.config import BadInput, RunConfig, to_dict
+from cluster.config import RunConfig, to_dict
 from cluster.console import quiet_driver
 from cluster.tasks.data import Problem, load_problems
 from cluster.evaluation import EvalFailed, eval_problems, eval_spec, evaluate, write_eval
@@ -144,7 +144,8 @@ class HeldOutEval:
                    f"| format {summary['format_rate']:.2f}")
         metrics = {f"eval/{k}": float(v) for k, v in summary.items() if isinstance(v, (int, float))}
         if self.comparable and len(self.train_accuracy) > 1 and summary["pass@1_stderr"] is not None:
-            train, gap = statistics.fmean(self.train_accuracy), statistics.fmean(self.train_accuracy) - summary["pass@1"]
+            train = statistics.fmean(self.train_accuracy)
+            gap = train - summary["pass@1"]
             # Both are estimates: the steps' accuracies vary from batch to batch, the evaluation over questions.
             stderr = math.hypot(statistics.stdev(self.train_accuracy) / math.sqrt(len(self.train_accuracy)),
                                 summary["pass@1_stderr"])

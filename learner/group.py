@@ -11,7 +11,7 @@ import ray
 from ray.exceptions import RayActorError
 
 from learner.records import TrainSample
-from rollout.failures import WorkerStartFailed, startup_cause
+from rollout.failures import WorkerStartFailed, failure_cause
 from rollout.pool import balance
 
 
@@ -71,7 +71,7 @@ class LearnerGroup:
         except ray.exceptions.GetTimeoutError:
             raise RuntimeError(f"{len(self.ranks)} learner rank(s) not ready within {timeout_s:.0f} s") from None
         except RayActorError as e:
-            raise WorkerStartFailed(f"a learner rank failed to start: {startup_cause(e)}") from None
+            raise WorkerStartFailed(f"a learner rank failed to start: {failure_cause(e)}") from None
 
     def train_step(self, samples: Sequence[TrainSample]) -> dict[str, float]:
         local, plans = shard_plan(samples, len(self.ranks), self.mini_batch_size, self.micro_batch_size)

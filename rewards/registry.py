@@ -122,7 +122,7 @@ def _reward_model(term: RewardTerm, response_format: str) -> Reward:
     import ray
 
     from rewards.reward_model import RewardModelWorker
-    from rollout.failures import WorkerStartFailed, startup_cause
+    from rollout.failures import WorkerStartFailed, failure_cause
 
     def start():
         worker = RewardModelWorker.options(num_cpus=term.num_cpus, num_gpus=term.num_gpus).remote(
@@ -132,7 +132,7 @@ def _reward_model(term: RewardTerm, response_format: str) -> Reward:
             # Fails here, not at the first step, when the model cannot load or the cluster cannot place the actor.
             ray.get(worker.__ray_ready__.remote(), timeout=REWARD_MODEL_START_TIMEOUT_S)
         except ray.exceptions.RayActorError as e:
-            raise WorkerStartFailed(f"reward model actor for {term.model} failed to start: {startup_cause(e)}") from None
+            raise WorkerStartFailed(f"reward model actor for {term.model} failed to start: {failure_cause(e)}") from None
         except ray.exceptions.GetTimeoutError:
             ray.kill(worker)
             raise RuntimeError(

@@ -11,9 +11,9 @@ class WorkerStartFailed(RuntimeError):
     """A worker died while starting: its own error, not a fault to recover from."""
 
 
-def startup_cause(error: Exception) -> str:
-    """The useful line of why an actor's constructor failed: the last exception line of its traceback (with
-    the reason that pydantic puts on the line after it)."""
+def failure_cause(error: Exception) -> str:
+    """The useful line of why an actor or one of its calls failed: the last exception line of its traceback
+    (with the reason that pydantic puts on the line after it)."""
     lines = str(getattr(error, "error_msg", None) or error).splitlines()
     found = [i for i, line in enumerate(lines) if EXCEPTION_LINE.match(line)]
     if not found:

@@ -16,7 +16,7 @@ from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 from tqdm import tqdm
 
 from rollout.engine import ABORTED
-from rollout.failures import WorkerStartFailed, startup_cause
+from rollout.failures import WorkerStartFailed, failure_cause
 from rollout.protocols import MotifSpec, motif_rollout
 from rollout.records import AdapterPayload, Completion, MotifTrajectory, SamplingSpec
 
@@ -70,7 +70,7 @@ class RolloutPool:
             raise RuntimeError(f"{len(self.workers)} rollout worker(s) not ready within {timeout_s:.0f} s") from None
         except RayActorError as e:
             index = next((i for i, ref in enumerate(refs) if _failed(ref)), 0)
-            raise WorkerStartFailed(f"rollout worker {index} failed to start: {startup_cause(e)}") from None
+            raise WorkerStartFailed(f"rollout worker {index} failed to start: {failure_cause(e)}") from None
         self._fresh.clear()
 
     def begin(self, *key) -> None:
@@ -134,7 +134,7 @@ class RolloutPool:
                               f"died ({'starting' if w in self._fresh else 'mid-request'})")
                     continue
                 except RayTaskError as e:
-                    retry(indices, seed, attempts, w, worker, f"raised {startup_cause(e)}", split=True)
+                    retry(indices, seed, attempts, w, worker, f"raised {failure_cause(e)}", split=True)
                     continue
                 if not self._attested(w):
                     retry(indices, seed, attempts, w, worker, f"served without loading adapter version {self.version}")
@@ -155,7 +155,7 @@ class RolloutPool:
         self.startup_failures += 1
         if self.startup_failures > MAX_STARTUP_FAILURES:
             raise WorkerStartFailed(f"rollout worker {index}: {self.startup_failures} replacements died while "
-                                    f"starting; the last: {startup_cause(error)}")
+                                    f"starting; the last: {failure_cause(error)}")
 
     def _attested(self, index: int) -> bool:
         """A replacement's results count only once its adapter load returned the digest the pool holds."""

@@ -11,18 +11,15 @@ import argparse
 import json
 import time
 from collections import Counter
-from pathlib import Path
 
 from cluster.tasks.data import SHIPPED
 from rewards.grading import Grader
 from rewards.math_answers import grade_unbounded
 
-DATA = SHIPPED
-
 
 def workload(rows: int) -> tuple[list[str], list[str]]:
     responses, golds = [], []
-    with open(DATA / "math500" / "test.jsonl") as f:
+    with open(SHIPPED / "math500" / "test.jsonl") as f:
         for _, line in zip(range(rows), f):
             gold = json.loads(line)["answer"]
             responses += [f"<answer>\\boxed{{{gold}}}</answer>", "The answer is 17.", f"\\boxed{{{gold}+1}}"]
