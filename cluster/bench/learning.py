@@ -1,14 +1,19 @@
-"""Learning benchmark: single-round GRPO against MOTIF on the toy task, from the same warm start.
+"""Learning benchmark: MOTIF against single-round GRPO on the toy task, over a grid of difficulties.
 
-Every method trains the same number of round-1 samples per step (B x m) for the same steps. GRPO and MOTIF
-get the same per-round token budget, which is too small for a whole solution; a third arm gives single-round
-GRPO MOTIF's total budget (3 rounds' worth) in one round. Each is evaluated on held-out questions in its own
-protocol and budget. Several seeds per method give a mean and a 95% interval at every evaluated step.
+A cell is (difficulty, method). Each cell trains from several warm starts (the tiny model SFT'd with another
+seed) and several RL seeds per warm start, and reports the held-out gain from step 0 to the last step: mean
+and 95% t-interval over its runs. Every method trains the same round-1 samples per step (B x m) for the same
+steps. GRPO and MOTIF get the same per-round token budget, which is too small for a whole solution; a third
+arm gives single-round GRPO MOTIF's total budget (3 rounds' worth) in one round. Each is evaluated on
+held-out questions in its own protocol and budget, at step 0 and at the last step (--every adds more).
 
-    python -m cluster.bench.learning --seeds 0 1 2 --steps 40 [--out runs/learning-benchmark] [key=value ...]
+    python -m cluster.bench.learning --operations 4 6 8 10 --warm-starts 0 1 --seeds 0 1 2 --steps 30
 
-Prints a JSON document and a table, and writes both plus a plot to --out. Extra key=value arguments override
-the demo config for both methods (e.g. data.toy.operations=8 rollout.max_tokens=40).
+Runs go to --out/ops<d>/ws<w>/<method>-seed<s>, each with its log and the arguments it ran with. A rerun with
+the same --out reuses every run that finished with the same arguments, so an interrupted grid continues where
+it stopped; --report only summarises the finished runs. Prints a JSON document and a table, and writes
+results.json and grid.png (a heat-map of the gains) to --out. Extra key=value arguments override the demo
+config for every run (e.g. rollout.max_tokens=40).
 """
 
 from __future__ import annotations
@@ -21,7 +26,10 @@ import shutil
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+from tqdm import tqdm
 
 from cluster.evaluation import t_quantile
 
@@ -41,83 +49,165 @@ def interval(values: list[float]) -> tuple[float, float]:
     return mean, t_quantile(0.975, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
 
 
-def run_one(config: str, out: Path, method: str, seed: int, steps: int, every: int, overrides: list[str]) -> dict:
-    run_dir = out / f"{'-'.join(method.replace(',', '').split())}-seed{seed}"
-    cmd = [sys.executable, "-m", "cluster.cli", "train", "--config", config, f"output_dir={run_dir}",
-           f"steps={steps}", f"eval.every={every}", f"rollout.seed={seed}", f"learner.seed={seed}",
-           f"data.shuffle_seed={seed}", *METHODS[method], *overrides]
-    metrics = run_dir / "metrics.jsonl"
-    if finished(metrics, steps):  # an interrupted benchmark rerun with the same --out keeps finished runs
-        print(f"[benchmark] {method}, seed {seed}: reusing {run_dir}", file=sys.stderr, flush=True)
-    else:
-        shutil.rmtree(run_dir, ignore_errors=True)
-        print(f"[benchmark] {method}, seed {seed}: {run_dir}", file=sys.stderr, flush=True)
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    return {r["step"]: r["eval/pass@1"] for r in read_rows(metrics) if "eval/pass@1" in r}
+def slug(method: str) -> str:
+    return "-".join(method.replace(",", "").split())
+
+
+def run_arguments(config: str, operations: int, warm_start: int, method: str, seed: int, steps: int, every: int,
+                  overrides: list[str]) -> list[str]:
+    """The `motif train` arguments of one run (without its output folder)."""
+    return ["--config", config, f"steps={steps}", f"eval.every={every}", f"data.toy.operations={operations}",
+            f"model.warm_start.seed={warm_start}", f"rollout.seed={seed}", f"learner.seed={seed}",
+            f"data.shuffle_seed={seed}", *METHODS[method], *overrides]
 
 
 def read_rows(metrics: Path) -> list[dict]:
     return [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.is_file() else []
 
 
-def finished(metrics: Path, steps: int) -> bool:
-    return any(r["step"] == steps and "eval/pass@1" in r for r in read_rows(metrics))
+def finished(run_dir: Path, arguments: list[str], steps: int) -> dict | None:
+    """The record of a run that finished with these arguments, else None."""
+    record_path = run_dir / "benchmark.json"
+    if not record_path.is_file():
+        return None
+    record = json.loads(record_path.read_text())
+    rows = read_rows(run_dir / "metrics.jsonl")
+    if record.get("arguments") != arguments or not any(r["step"] == steps and "eval/pass@1" in r for r in rows):
+        return None
+    return record
 
 
-def plot(results: dict, path: Path) -> None:
+def run_one(run_dir: Path, arguments: list[str], steps: int) -> dict:
+    """Trains one run (or reuses it) and returns its record: the arguments, wall time and pass@1 per step.
+    A run that fails is recorded with its exit status and the grid goes on."""
+    record = finished(run_dir, arguments, steps)
+    if record is not None:
+        return record | {"reused": True}
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir(parents=True)
+    started = time.monotonic()
+    with open(run_dir / "benchmark.log", "w") as log:
+        status = subprocess.run([sys.executable, "-m", "cluster.cli", "train", *arguments,
+                                 f"output_dir={run_dir}"], stdout=log, stderr=subprocess.STDOUT,
+                                env={**os.environ, "HF_HUB_OFFLINE": "1"}).returncode
+    rows = read_rows(run_dir / "metrics.jsonl")
+    record = {"arguments": arguments, "wall_s": round(time.monotonic() - started, 1), "returncode": status,
+              "pass@1": {str(r["step"]): r["eval/pass@1"] for r in rows if "eval/pass@1" in r}}
+    if status == 0:  # only a finished run is reused; a failed one is retried by the next invocation
+        (run_dir / "benchmark.json").write_text(json.dumps(record, indent=1) + "\n")
+    return record | {"reused": False}
+
+
+def summarise(runs: dict, steps: int) -> dict:
+    """Per method and difficulty: the gain of every finished run (last step minus step 0), its mean and
+    interval, the mean pass@1 at both ends, and how many runs finished and failed."""
+    cells: dict = {}
+    for (method, operations), records in runs.items():
+        done = [r for r in records if r["returncode"] == 0 and {"0", str(steps)} <= r["pass@1"].keys()]
+        cell = {"runs": len(done), "failed": sum(r["returncode"] != 0 for r in records)}
+        if done:
+            gains = [r["pass@1"][str(steps)] - r["pass@1"]["0"] for r in done]
+            mean, half = interval(gains)
+            cell |= {"gain": mean, "ci95": half, "lo": mean - half, "hi": mean + half, "gains": gains,
+                     "start": statistics.fmean(r["pass@1"]["0"] for r in done),
+                     "end": statistics.fmean(r["pass@1"][str(steps)] for r in done)}
+        cells.setdefault(method, {})[str(operations)] = cell
+    return cells
+
+
+def table(results: dict) -> str:
+    difficulties = results["operations"]
+    lines = [f"{'gain from step 0':<26}" + "".join(f"{f'{d} operations':>22}" for d in difficulties)]
+    for method, by in results["cells"].items():
+        cells = []
+        for d in difficulties:
+            cell = by[str(d)]
+            text = (f"{cell['gain']:+.3f} ±{cell['ci95']:.3f} n={cell['runs']}" if "gain" in cell
+                    else f"no run n={cell['runs']}")
+            cells.append(f"{text:>22}")
+        lines.append(f"{method:<26}" + "".join(cells))
+    return "\n".join(lines)
+
+
+def heatmap(results: dict, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
-    for method, by_step in results["methods"].items():
-        steps = sorted(int(s) for s in by_step)
-        means = [by_step[str(s)]["mean"] for s in steps]
-        half = [by_step[str(s)]["ci95"] for s in steps]
-        ax.errorbar(steps, means, yerr=half, marker="o", capsize=3, label=method)
-    ax.set_xlabel("training step")
-    ax.set_ylabel("held-out pass@1")
-    ax.set_title(f"toy task, {results['seeds']} seeds, mean and 95% interval")
-    ax.legend()
+    methods, difficulties = list(results["cells"]), results["operations"]
+    cells = [[results["cells"][m][str(d)] for d in difficulties] for m in methods]
+    gains = [[c.get("gain", math.nan) for c in row] for row in cells]
+    limit = max([abs(g) for row in gains for g in row if not math.isnan(g)] + [0.05])
+    fig, ax = plt.subplots(figsize=(1.9 * len(difficulties) + 2.5, 1.1 * len(methods) + 1.5),
+                           constrained_layout=True)
+    image = ax.imshow(gains, cmap="RdBu", vmin=-limit, vmax=limit, aspect="auto")
+    for i, row in enumerate(cells):
+        for j, cell in enumerate(row):
+            if "gain" not in cell:
+                ax.text(j, i, "no run", ha="center", va="center", fontsize=8)
+                continue
+            # Bold where the interval excludes 0: a gain (or loss) the runs agree on.
+            sure = cell["runs"] > 1 and (cell["lo"] > 0 or cell["hi"] < 0)
+            ax.text(j, i, f"{cell['gain']:+.3f}\n±{cell['ci95']:.3f}\n{cell['start']:.2f}→{cell['end']:.2f}, "
+                    f"n={cell['runs']}", ha="center", va="center", fontsize=8,
+                    fontweight="bold" if sure else "normal")
+    ax.set_xticks(range(len(difficulties)), [f"{d} ops" for d in difficulties])
+    ax.set_yticks(range(len(methods)), methods)
+    ax.set_title(f"held-out pass@1 gain, step 0 → {results['steps']}\nmean ± 95% interval over runs "
+                 "(bold: excludes 0)", fontsize=10)
+    fig.colorbar(image, ax=ax, label="gain")
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default="cluster/configs/demo.yaml")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--steps", type=int, default=40)
-    parser.add_argument("--every", type=int, default=10)
-    parser.add_argument("--out", default="runs/learning-benchmark")
+    parser.add_argument("--config", default="demo")
+    parser.add_argument("--operations", type=int, nargs="+", default=[4, 6, 8, 10], help="toy difficulties")
+    parser.add_argument("--warm-starts", type=int, nargs="+", default=[0, 1], help="warm-start (SFT) seeds")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="RL seeds per warm start")
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--every", type=int, default=0, help="evaluate every this many steps too (0: ends only)")
+    parser.add_argument("--out", default="runs/learning-grid")
+    parser.add_argument("--report", action="store_true", help="summarise the finished runs; start none")
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     args = parser.parse_args(argv)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
 
-    curves = {m: [run_one(args.config, out, m, s, args.steps, args.every, args.overrides) for s in args.seeds]
-              for m in METHODS}
-    results = {"config": args.config, "overrides": args.overrides, "seeds": len(args.seeds), "steps": args.steps,
-               "methods": {}}
-    for method, runs in curves.items():
-        results["methods"][method] = {}
-        for step in sorted(runs[0]):
-            values = [run[step] for run in runs]
-            mean, half = interval(values)
-            results["methods"][method][str(step)] = {"mean": mean, "ci95": half, "values": values}
+    # Warm starts outermost and RL seeds before difficulties: a grid stopped early still covers every
+    # difficulty with its first seeds.
+    plan = [(w, s, d, m) for w in args.warm_starts for s in args.seeds for d in args.operations for m in METHODS]
+    runs: dict = {(m, d): [] for m in METHODS for d in args.operations}
+    started = time.monotonic()
+    with tqdm(plan, desc="learning grid", unit="run", disable=args.report) as progress:
+        for w, s, d, m in progress:
+            run_dir = out / f"ops{d}" / f"ws{w}" / f"{slug(m)}-seed{s}"
+            arguments = run_arguments(args.config, d, w, m, s, args.steps, args.every or args.steps,
+                                      args.overrides)
+            record = finished(run_dir, arguments, args.steps) if args.report else run_one(run_dir, arguments,
+                                                                                           args.steps)
+            if record is None:
+                continue
+            runs[(m, d)].append(record)
+            if not args.report:
+                ends = record["pass@1"]
+                verdict = (f"{ends.get('0', math.nan):.3f} -> {ends.get(str(args.steps), math.nan):.3f}"
+                           if record["returncode"] == 0 else f"FAILED (exit {record['returncode']}): "
+                           f"{run_dir / 'benchmark.log'}")
+                took = "reused" if record["reused"] else f"{record['wall_s']:.0f} s"
+                progress.write(f"{d} ops, warm start {w}, seed {s}, {m}: {verdict} ({took})")
+    results = {"config": args.config, "overrides": args.overrides, "steps": args.steps,
+               "operations": args.operations, "warm_starts": args.warm_starts, "seeds": args.seeds,
+               "wall_s_this_invocation": round(time.monotonic() - started, 1),
+               "wall_s_all_runs": round(sum(r["wall_s"] for rs in runs.values() for r in rs), 1),
+               "cells": summarise(runs, args.steps)}
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    plot(results, out / "learning.png")
-
-    steps = sorted(int(s) for s in next(iter(results["methods"].values())))
-    header = f"{'method':<26}" + "".join(f"{'step ' + str(s):>16}" for s in steps)
-    lines = [header] + [
-        f"{method:<26}" + "".join(f"{by[str(s)]['mean']:>9.3f} ±{by[str(s)]['ci95']:.3f}" for s in steps)
-        for method, by in results["methods"].items()
-    ]
+    heatmap(results, out / "grid.png")
     print(json.dumps(results))
-    print("\n".join(lines))
-    print(f"plot: {out / 'learning.png'}")
+    print(table(results))
+    print(f"heat-map: {out / 'grid.png'}")
     return results
 
 

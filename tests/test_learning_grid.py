@@ -1,0 +1,56 @@
+"""The learning grid's summary, on scripted run folders: per-cell gains and their interval equal a hand
+computation; a run is reused only with the arguments it ran with; missing cells say so."""
+
+import json
+import math
+
+from cluster.bench.learning import METHODS, finished, main, run_arguments, slug
+
+STEPS = 30
+
+
+def script_run(out, operations, warm_start, method, seed, start, end):
+    run_dir = out / f"ops{operations}" / f"ws{warm_start}" / f"{slug(method)}-seed{seed}"
+    run_dir.mkdir(parents=True)
+    arguments = run_arguments("demo", operations, warm_start, method, seed, STEPS, STEPS, [])
+    rows = [{"step": 0, "eval/pass@1": start}, {"step": 1, "reward/accuracy": 0.5},
+            {"step": STEPS, "eval/pass@1": end}]
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (run_dir / "benchmark.json").write_text(json.dumps(
+        {"arguments": arguments, "wall_s": 100.0, "returncode": 0, "pass@1": {"0": start, str(STEPS): end}}))
+    return run_dir, arguments
+
+
+def test_grid_summary_matches_hand_computation(tmp_path, capsys):
+    motif = "motif, 3 rounds"
+    # Two warm starts x (2, 1) seeds at 8 operations: gains 0.1, 0.2, 0.05.
+    script_run(tmp_path, 8, 0, motif, 0, 0.5, 0.6)
+    script_run(tmp_path, 8, 0, motif, 1, 0.5, 0.7)
+    script_run(tmp_path, 8, 1, motif, 0, 0.6, 0.65)
+    run_dir, arguments = script_run(tmp_path, 4, 0, "grpo, 1 round", 0, 0.8, 0.7)
+
+    results = main(["--report", "--operations", "4", "8", "--warm-starts", "0", "1", "--seeds", "0", "1",
+                    "--steps", str(STEPS), "--out", str(tmp_path)])
+
+    cell = results["cells"][motif]["8"]
+    mean = (0.1 + 0.2 + 0.05) / 3
+    stdev = math.sqrt(((0.1 - mean) ** 2 + (0.2 - mean) ** 2 + (0.05 - mean) ** 2) / 2)
+    half = 4.302652729911275 * stdev / math.sqrt(3)  # t quantile 0.975 with 2 degrees of freedom
+    assert cell["runs"] == 3 and cell["failed"] == 0
+    assert math.isclose(cell["gain"], mean) and math.isclose(cell["ci95"], half, rel_tol=1e-6)
+    assert math.isclose(cell["start"], (0.5 + 0.5 + 0.6) / 3) and math.isclose(cell["end"], (0.6 + 0.7 + 0.65) / 3)
+    single = results["cells"]["grpo, 1 round"]["4"]
+    assert math.isclose(single["gain"], -0.1) and single["ci95"] == 0.0 and single["runs"] == 1
+    assert results["cells"][motif]["4"] == {"runs": 0, "failed": 0}  # never run: no made-up gain
+    assert set(results["cells"]) == set(METHODS)
+    assert results["wall_s_all_runs"] == 400.0
+
+    printed = capsys.readouterr().out
+    assert f"{mean:+.3f} ±{half:.3f} n=3" in printed and "no run n=0" in printed
+    assert (tmp_path / "grid.png").stat().st_size > 0
+    assert json.loads((tmp_path / "results.json").read_text())["cells"] == results["cells"]
+
+    # Reused only with the same arguments and a final evaluation.
+    assert finished(run_dir, arguments, STEPS) is not None
+    assert finished(run_dir, arguments + ["learner.learning_rate=0.1"], STEPS) is None
+    assert finished(run_dir, arguments, STEPS + 10) is None
