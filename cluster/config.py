@@ -92,8 +92,12 @@ class RolloutConfig:
     num_cpus: float = 1  # per worker
     num_gpus: float = 0  # per worker; > 0 requires CUDA (vLLM's GPU build)
     tensor_parallel_size: int = 1  # GPUs per engine
-    # A worker that has not answered one call (its share of a round's requests, or an adapter push) within this
-    # long is replaced and the call retried; a fresh worker gets STARTUP_GRACE_S more for its engine to start.
+    # Sequences an engine runs at once (vLLM's max_num_seqs; None: vLLM's default for the platform, >= 256).
+    max_num_seqs: int | None = None
+    # How long one request may take. A worker's call (its share of a round) runs its sequences in waves of
+    # max_num_seqs (256 when unset), so the call's deadline is this times its number of waves; a worker past it
+    # is replaced and the call retried. A fresh worker gets STARTUP_GRACE_S more for its engine to start; an
+    # adapter push gets this long.
     request_timeout_s: float = 600.0
     seed: int = 0
 
@@ -214,6 +218,8 @@ class RunConfig:
             raise ConfigError(f"rollout.gpu_memory_utilization must be in (0, 1], got {r.gpu_memory_utilization}")
         if r.kv_cache_mb is not None and r.kv_cache_mb < 1:
             raise ConfigError(f"rollout.kv_cache_mb must be >= 1, got {r.kv_cache_mb}")
+        if r.max_num_seqs is not None and r.max_num_seqs < 1:
+            raise ConfigError(f"rollout.max_num_seqs must be >= 1, got {r.max_num_seqs}")
         if not r.request_timeout_s > 0 or not c.ready_timeout_s > 0:
             raise ConfigError("rollout.request_timeout_s and cluster.ready_timeout_s must be > 0")
         if c.learner_num_cpus <= 0 or c.learner_num_gpus < 0:

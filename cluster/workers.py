@@ -160,13 +160,13 @@ def engine_settings(config: RunConfig) -> dict:
                 kv_cache_bytes=r.kv_cache_mb << 20 if r.kv_cache_mb else None, gpu_memory_utilization=share,
                 enforce_eager=r.enforce_eager, enable_prefix_caching=r.enable_prefix_caching,
                 sleep_mode=colocated_on_gpu(config), dtype=r.dtype, seed=r.seed,
-                tensor_parallel_size=r.tensor_parallel_size)
+                tensor_parallel_size=r.tensor_parallel_size, max_num_seqs=r.max_num_seqs)
 
 
 def start_rollout_pool(config: RunConfig, model_path: str, group=None, bundles: list[int] | None = None):
     """The rollout pool; inside `group` (worker i in bundle bundles[i]) when given."""
     from rollout.actor import RolloutWorker
-    from rollout.pool import RolloutPool
+    from rollout.pool import DEFAULT_MAX_NUM_SEQS, RolloutPool
 
     r = config.rollout
     threads = thread_count(config, r.num_cpus, r.num_workers)
@@ -186,7 +186,8 @@ def start_rollout_pool(config: RunConfig, model_path: str, group=None, bundles: 
             num_cpus=r.num_cpus, num_gpus=r.num_gpus, runtime_env=env, **placement
         ).remote(model_path, index, require_cuda=r.num_gpus > 0, **engine_settings(config))
 
-    return RolloutPool(make_worker, r.num_workers, request_timeout_s=r.request_timeout_s, seed=r.seed)
+    return RolloutPool(make_worker, r.num_workers, request_timeout_s=r.request_timeout_s, seed=r.seed,
+                       concurrent_sequences=r.max_num_seqs or DEFAULT_MAX_NUM_SEQS)
 
 
 def start_learner_group(config: RunConfig, model_path: str, resume_hint: str, group=None, bundles: list[int] | None = None):

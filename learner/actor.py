@@ -16,7 +16,7 @@ from learner.files import replace_directory, write_files
 from learner.losses import POLICY_LOSSES, k3_kl
 from learner.policy import load_policy, pad_batch, token_logprobs
 from learner.records import SFTSample, TrainSample
-from learner.rendezvous import interface_of, rendezvous_address
+from learner.rendezvous import interface_of, rendezvous_address, tcp_store
 from rollout.records import AdapterPayload
 
 
@@ -73,12 +73,16 @@ class GRPOLearner:
             deepspeed.init_distributed(backend, auto_mpi_discovery=False, init_method=master, rank=rank,
                                        world_size=world_size)
         else:
-            host, port = master.rsplit(":", 1)
-            os.environ.update(MASTER_ADDR=host, MASTER_PORT=port)
             interface = interface_of(ray.util.get_node_ip_address())
-            if interface is not None:  # gloo's connections go over the interface the peers reach this node on
+            if interface is not None:  # the collectives' connections go over the interface the peers reach
                 os.environ.setdefault("GLOO_SOCKET_IFNAME", interface)
-            deepspeed.init_distributed(backend)
+                os.environ.setdefault("NCCL_SOCKET_IFNAME", interface)
+            # The group is made here around a store that listens on the rendezvous address only; DeepSpeed
+            # then wraps the existing group.
+            torch.distributed.init_process_group(
+                backend, store=tcp_store(master, rank, world_size), rank=rank, world_size=world_size,
+                **({"device_id": self.device} if cuda else {}))
+            deepspeed.init_distributed(backend, auto_mpi_discovery=False)
 
         model = load_policy(model_path, config, dtype=torch.bfloat16 if cuda else torch.float32)
         if config.gradient_checkpointing:

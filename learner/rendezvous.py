@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import ipaddress
 import socket
 import tempfile
@@ -21,6 +22,23 @@ def rendezvous_address(node_ip: str) -> str:
     if ipaddress.ip_address(node_ip).is_loopback:
         return f"file://{tempfile.gettempdir()}/motif-rendezvous-{uuid.uuid4().hex}"
     return f"{node_ip}:{free_port(node_ip)}"
+
+
+def tcp_store(address: str, rank: int, world_size: int, timeout_s: float = 300.0):
+    """torch's TCPStore for ranks on several machines, served by rank 0 on `address` ("host:port") only. torch
+    binds its server to every interface and has no option to choose one, but serves an already bound socket
+    (`master_listen_fd`): rank 0 binds it here, so peers reach it on the address they were given, and nothing
+    else on the machine's other networks does."""
+    from torch.distributed import TCPStore
+
+    host, port = address.rsplit(":", 1)
+    timeout = datetime.timedelta(seconds=timeout_s)
+    if rank != 0:
+        return TCPStore(host, int(port), world_size, is_master=False, timeout=timeout)
+    listener = socket.create_server((host, int(port)), backlog=max(128, world_size))
+    # detach(): the store owns the descriptor from here; the socket object must not close it when collected.
+    return TCPStore(host, int(port), world_size, is_master=True, timeout=timeout, wait_for_workers=False,
+                    master_listen_fd=listener.detach())
 
 
 def interface_of(ip: str) -> str | None:

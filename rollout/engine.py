@@ -48,6 +48,7 @@ def engine_args(
     dtype: str = "auto",
     seed: int = 0,
     tensor_parallel_size: int = 1,
+    max_num_seqs: int | None = None,
 ) -> dict:
     """vLLM's `LLM(...)` arguments for one platform; pure, so they are checked on CPU by vLLM's EngineArgs.
 
@@ -58,6 +59,8 @@ def engine_args(
     args = dict(model=model, enable_lora=True, max_lora_rank=vllm_lora_rank(max_lora_rank), max_loras=LIVE_ADAPTERS,
                 max_model_len=max_model_len, dtype=dtype, seed=seed, tensor_parallel_size=tensor_parallel_size,
                 enable_prefix_caching=enable_prefix_caching)
+    if max_num_seqs:
+        args["max_num_seqs"] = max_num_seqs
     if cuda:
         args.update(gpu_memory_utilization=gpu_memory_utilization, enable_sleep_mode=sleep_mode,
                     enforce_eager=bool(enforce_eager))

@@ -8,6 +8,7 @@ pool, and a retried shard is regenerated under the same seed, so a replacement c
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from collections.abc import Callable, Sequence
 
@@ -28,6 +29,8 @@ MAX_ATTEMPTS = 3
 # Replacement workers that may die while starting, in a whole run, before the run stops and names the cause: a
 # worker that cannot start once (a bad model, a bad engine setting) will not start the next time either.
 MAX_STARTUP_FAILURES = 2
+# vLLM's smallest default max_num_seqs (CPU and most GPUs; larger GPUs run more): a call is timed in waves of this.
+DEFAULT_MAX_NUM_SEQS = 256
 
 
 def balance(costs: Sequence[float], bins: int) -> list[list[int]]:
@@ -50,8 +53,10 @@ class RolloutPool:
     """`num_workers` RolloutWorker actors made by `make_worker(index)`; replaced through it when they fail."""
 
     def __init__(self, make_worker: Callable[[int], ray.actor.ActorHandle], num_workers: int, *,
-                 request_timeout_s: float = 600.0, seed: int = 0):
+                 request_timeout_s: float = 600.0, seed: int = 0,
+                 concurrent_sequences: int = DEFAULT_MAX_NUM_SEQS):
         self.make_worker, self.request_timeout_s, self.seed = make_worker, request_timeout_s, seed
+        self.concurrent_sequences = concurrent_sequences
         self.workers = [make_worker(i) for i in range(num_workers)]
         self.payload: ray.ObjectRef | None = None  # the adapter every worker serves, for replacements
         self.version, self.digest = 0, ""
@@ -96,7 +101,8 @@ class RolloutPool:
             grace = STARTUP_GRACE_S if w in self._fresh else 0.0
             worker = self.workers[w]
             ref = worker.generate.remote([conversations[i] for i in indices], spec, use_adapter, seed)
-            pending[ref] = (indices, seed, attempts + 1, w, worker, time.monotonic() + self.request_timeout_s + grace)
+            pending[ref] = (indices, seed, attempts + 1, w, worker,
+                            time.monotonic() + self.call_timeout(len(indices) * spec.n) + grace)
 
         def retry(indices: list[int], seed: int, attempts: int, w: int, worker, why: str, split: bool = False) -> None:
             if worker is self.workers[w]:  # else it was replaced already, for another request's failure
@@ -147,8 +153,14 @@ class RolloutPool:
                 if d <= now:
                     del pending[ref]
                     retry(indices, seed, attempts, w, worker,
-                          f"hung: no answer within rollout.request_timeout_s={self.request_timeout_s:g}")
+                          f"hung: no answer within {self.call_timeout(len(indices) * spec.n):g} s "
+                          f"(rollout.request_timeout_s={self.request_timeout_s:g} per wave of "
+                          f"{self.concurrent_sequences} sequences)")
         return results
+
+    def call_timeout(self, sequences: int) -> float:
+        """A call's deadline: request_timeout_s for each wave of sequences the engine runs at once."""
+        return self.request_timeout_s * math.ceil(sequences / self.concurrent_sequences)
 
     def _startup_failed(self, index: int, error: RayActorError) -> None:
         """A replacement that died before serving: tolerated MAX_STARTUP_FAILURES times in a run."""

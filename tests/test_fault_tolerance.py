@@ -118,6 +118,15 @@ def test_a_hung_worker_is_replaced_and_its_requests_retried(ray_session, tiny_mo
     assert [[c.completion_ids for c in g] for g in results] == [[c.completion_ids for c in g] for g in expected]
 
 
+def test_request_timeout_bounds_one_request_per_wave_of_the_engine():
+    """A call's deadline grows with the waves of sequences its engine must run, so rollout.request_timeout_s
+    means one request's time however many requests a worker's share holds."""
+    from rollout.pool import RolloutPool
+
+    pool = RolloutPool(lambda index: None, 1, request_timeout_s=10, concurrent_sequences=4)
+    assert [pool.call_timeout(n) for n in (1, 4, 5, 8, 9)] == [10, 10, 20, 20, 30]
+
+
 def test_requests_that_kill_every_worker_come_back_aborted(ray_session):
     """A poison shard (here: an actor that exits on every call, as an engine crashing on one prompt would) is
     tried MAX_ATTEMPTS times on fresh workers, then returned empty so the step can go on."""

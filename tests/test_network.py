@@ -73,3 +73,34 @@ def test_a_local_run_listens_on_loopback_or_behind_the_token(tmp_path):
     assert driver.returncode == 0, output[-3000:]
     assert len(sockets) >= 5, sockets  # GCS, raylet, agents, workers: the sampling saw the cluster
     assert not unprotected, f"listening beyond loopback without Ray's token: {unprotected}"
+
+
+def test_the_cross_machine_rendezvous_listens_only_on_its_address():
+    """Every 127.x address reaches a socket bound to all interfaces; one bound to 127.0.0.1 refuses 127.0.0.2.
+    torch's own TCPStore server accepts there (the oracle that the probe can see the difference)."""
+    import datetime
+    import socket
+
+    from torch.distributed import TCPStore
+
+    from learner.rendezvous import free_port, tcp_store
+
+    def accepts(host: str, port: int) -> bool:
+        try:
+            with socket.create_connection((host, port), timeout=2):
+                return True
+        except OSError:
+            return False
+
+    plain_port = free_port()
+    plain = TCPStore("127.0.0.1", plain_port, 1, is_master=True, timeout=datetime.timedelta(seconds=10))
+    assert accepts("127.0.0.2", plain_port)
+
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    server = tcp_store(address, rank=0, world_size=2, timeout_s=10)
+    peer = tcp_store(address, rank=1, world_size=2, timeout_s=10)
+    server.set("version", "7")
+    assert peer.get("version") == b"7"  # the ranks meet through it
+    assert accepts("127.0.0.1", port) and not accepts("127.0.0.2", port)
+    del plain, server, peer
