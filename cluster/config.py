@@ -133,6 +133,9 @@ class ClusterConfig:
     # new node)
     placement_strategy: str = "PACK"
     ready_timeout_s: float = 600.0  # actors not placed and started by then: an error naming what is missing
+    # One learner call (an update, an export, a checkpoint) not finished by then: the ranks are taken for hung
+    # (a collective waiting on a lost peer never returns) and the run stops with the resume command.
+    learner_timeout_s: float = 3600.0
     # vLLM, Ray and DeepSpeed output on the console too (`--show-logs`); otherwise it goes to OUTPUT_DIR/logs/
     show_logs: bool = False
     # Driver environment variables (fnmatch patterns) that the run's actors receive; whatever is forwarded is
@@ -220,8 +223,9 @@ class RunConfig:
             raise ConfigError(f"rollout.kv_cache_mb must be >= 1, got {r.kv_cache_mb}")
         if r.max_num_seqs is not None and r.max_num_seqs < 1:
             raise ConfigError(f"rollout.max_num_seqs must be >= 1, got {r.max_num_seqs}")
-        if not r.request_timeout_s > 0 or not c.ready_timeout_s > 0:
-            raise ConfigError("rollout.request_timeout_s and cluster.ready_timeout_s must be > 0")
+        if not r.request_timeout_s > 0 or not c.ready_timeout_s > 0 or not c.learner_timeout_s > 0:
+            raise ConfigError("rollout.request_timeout_s, cluster.ready_timeout_s and cluster.learner_timeout_s "
+                              "must be > 0")
         if c.learner_num_cpus <= 0 or c.learner_num_gpus < 0:
             raise ConfigError("cluster.learner_num_cpus must be > 0 and learner_num_gpus >= 0")
         if c.placement not in ("separate", "colocate"):

@@ -209,4 +209,4 @@ def start_learner_group(config: RunConfig, model_path: str, resume_hint: str, gr
                  rank=rank, world_size=ranks, master=master, use_cuda=c.learner_num_gpus > 0)
 
     return LearnerGroup(make_rank, ranks, config.learner.mini_batch_size, config.learner.micro_batch_size, resume_hint,
-                        master)
+                        master, call_timeout_s=c.learner_timeout_s)

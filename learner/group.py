@@ -8,7 +8,7 @@ import os
 from collections.abc import Callable, Sequence
 
 import ray
-from ray.exceptions import RayActorError
+from ray.exceptions import GetTimeoutError, RayActorError
 
 from learner.records import TrainSample
 from rollout.failures import WorkerStartFailed, failure_cause
@@ -16,7 +16,7 @@ from rollout.pool import balance
 
 
 class LearnerDied(RuntimeError):
-    """A learner rank stopped; the run cannot go on without it (its optimizer state shard is gone)."""
+    """A learner rank stopped or hangs; the run cannot go on without it (its optimizer state shard is gone)."""
 
 
 @ray.remote(num_cpus=0)
@@ -50,17 +50,22 @@ def shard_plan(samples: Sequence[TrainSample], ranks: int, mini_batch_size: int,
 
 class LearnerGroup:
     def __init__(self, make_rank: Callable[[int], ray.actor.ActorHandle], num_ranks: int, mini_batch_size: int,
-                 micro_batch_size: int, resume_hint: str, master: str = ""):
+                 micro_batch_size: int, resume_hint: str, master: str = "", call_timeout_s: float = 3600.0):
         self.ranks = [make_rank(r) for r in range(num_ranks)]
         self.mini_batch_size, self.micro_batch_size, self.resume_hint = mini_batch_size, micro_batch_size, resume_hint
         self.master = master  # the ranks' rendezvous: a file on this machine is removed at shutdown
+        self.call_timeout_s = call_timeout_s
 
     def _get(self, refs, what: str):
         try:
-            return ray.get(refs)
+            return ray.get(refs, timeout=self.call_timeout_s)
         except RayActorError as e:
             raise LearnerDied(f"a learner rank died during {what} ({type(e).__name__}); the run stops here. "
                               f"{self.resume_hint}") from None
+        except GetTimeoutError:
+            raise LearnerDied(f"the learner ranks did not finish {what} within cluster.learner_timeout_s="
+                              f"{self.call_timeout_s:g} s (a rank hangs, or waits on one that does); the run "
+                              f"stops here. {self.resume_hint}") from None
 
     def _all(self, method: str, *args):
         return [getattr(rank, method).remote(*args) for rank in self.ranks]
@@ -68,7 +73,7 @@ class LearnerGroup:
     def wait_ready(self, timeout_s: float) -> None:
         try:
             ray.get([rank.__ray_ready__.remote() for rank in self.ranks], timeout=timeout_s)
-        except ray.exceptions.GetTimeoutError:
+        except GetTimeoutError:
             raise RuntimeError(f"{len(self.ranks)} learner rank(s) not ready within {timeout_s:.0f} s") from None
         except RayActorError as e:
             raise WorkerStartFailed(f"a learner rank failed to start: {failure_cause(e)}") from None

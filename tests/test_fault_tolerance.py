@@ -87,6 +87,31 @@ def test_a_dead_learner_stops_the_run_and_names_the_resume_command(tmp_path):
     assert output.strip().splitlines()[-1].startswith("motif: a learner rank died")
 
 
+def test_a_hung_learner_stops_the_run_with_the_resume_command(ray_session):
+    """A rank stuck in a call (a collective waiting on a lost peer) ends the run after cluster.learner_timeout_s
+    instead of hanging it."""
+    import pytest
+    import ray
+
+    from learner.group import LearnerDied, LearnerGroup
+
+    @ray.remote(num_cpus=0)
+    class StuckRank:
+        def save_checkpoint(self, folder):
+            time.sleep(3600)
+
+    group = LearnerGroup(lambda rank: StuckRank.remote(), 2, 4, 4, "resume with: motif train --resume auto",
+                         call_timeout_s=1)
+    started = time.monotonic()
+    try:
+        with pytest.raises(LearnerDied, match=r"did not finish the checkpoint within cluster.learner_timeout_s=1 s"
+                                              r".*resume with: motif train --resume auto"):
+            group.save_checkpoint("unused")
+    finally:
+        group.shutdown()
+    assert time.monotonic() - started < 30
+
+
 def test_a_hung_worker_is_replaced_and_its_requests_retried(ray_session, tiny_model):
     from rollout.actor import RolloutWorker
     from rollout.pool import RolloutPool
