@@ -62,6 +62,9 @@ RESUME_FIELDS = (
 # checkpoint continues on 1 rank to float rounding), but each rank restores its own RNG file: fewer ranks, not
 # more. At ZeRO 1-3 the optimizer state is partitioned per rank and DeepSpeed refuses another world size.
 LAYOUT_FIELDS = ("learner.num_ranks", "learner.zero_stage")
+# Keys of a resume field's section that do not change the run: where the warm start is cached (its contents
+# are keyed by the other settings).
+NOT_COMPARED = {"model.warm_start": ("dir",)}
 
 
 def resume_fields(config: dict) -> dict:
@@ -71,6 +74,8 @@ def resume_fields(config: dict) -> dict:
         node = config
         for part in name.split("."):
             node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and name in NOT_COMPARED:
+            node = {k: v for k, v in node.items() if k not in NOT_COMPARED[name]}
         values[name] = node
     return values
 
@@ -83,12 +88,16 @@ def resume_mismatches(saved: dict, current: dict) -> list[str]:
 
 
 def layout_mismatches(saved: dict, current: dict) -> list[str]:
-    """The learner ranks may shrink on resume only from a ZeRO-0 checkpoint into ZeRO 0 (see LAYOUT_FIELDS)."""
+    """The learner ranks may shrink on resume only from a ZeRO-0 checkpoint into ZeRO 0 (see LAYOUT_FIELDS); the
+    ZeRO stage may not change (DeepSpeed writes the optimizer state in another layout per stage)."""
+    stage, stage_now = saved.get("learner.zero_stage"), current["learner.zero_stage"]
+    if stage is not None and stage != stage_now:
+        return [f"learner.zero_stage: checkpoint {stage!r}, now {stage_now!r} (DeepSpeed lays out the optimizer "
+                "state differently per stage)"]
     ranks, now = saved.get("learner.num_ranks"), current["learner.num_ranks"]
     if ranks is None or ranks == now:
         return []
-    stage = saved.get("learner.zero_stage")
-    if stage == 0 and current["learner.zero_stage"] == 0:
+    if stage == 0:
         if now < ranks:
             return []
         why = "a ZeRO-0 checkpoint resumes on as many ranks or fewer: each rank restores its own RNG state"

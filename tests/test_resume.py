@@ -97,3 +97,17 @@ def test_learner_ranks_may_shrink_on_resume_only_from_zero_stage_0():
     assert resume_mismatches(fields(2, 1), fields(1, 1)) == [
         "learner.num_ranks: checkpoint 2, now 1 (ZeRO 1-3 partition the optimizer state per rank)"]
     assert resume_mismatches(fields(2, 3), fields(2, 3)) == []
+    assert resume_mismatches(fields(1, 0), fields(1, 3)) == [
+        "learner.zero_stage: checkpoint 0, now 3 (DeepSpeed lays out the optimizer state differently per stage)"]
+
+
+def test_resume_compares_the_warm_start_but_not_where_it_is_cached():
+    from cluster.checkpoint import resume_fields, resume_mismatches
+    from cluster.config import load_config, to_dict
+
+    def fields(*overrides: str) -> dict:
+        return resume_fields(to_dict(load_config("demo", list(overrides))))
+
+    assert resume_mismatches(fields(), fields("model.warm_start.dir=/elsewhere")) == []
+    assert [m.split(":")[0] for m in resume_mismatches(fields(), fields("model.warm_start.seed=1"))] == [
+        "model.warm_start"]
