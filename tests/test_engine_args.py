@@ -122,3 +122,34 @@ def test_only_named_variables_travel_to_the_actors():
     assert forwarded_env(RunConfig().cluster.forward_env, environ) == {"HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "4"}
     config = load_config(SMOKE, ["cluster.forward_env=[HF_TOKEN, HF_HUB_OFFLINE]"])
     assert forwarded_env(config.cluster.forward_env, environ) == {"HF_TOKEN": "secret", "HF_HUB_OFFLINE": "1"}
+
+
+def test_a_submitted_job_carries_only_the_allowed_variables(tmp_path):
+    """`ray-node.sh submit` builds the job's runtime env from the same allow-list (a recording `ray` on PATH
+    stands in for the cluster: what is checked is the script's own argument)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    fake = tmp_path / "bin" / "ray"
+    fake.parent.mkdir()
+    fake.write_text(f"#!/bin/sh\nprintf '%s\\n' \"$@\" >> {tmp_path / 'calls'}\necho succeeded\n")
+    fake.chmod(0o755)
+    env = {"PATH": f"{fake.parent}:{os.path.dirname(sys.executable)}:/usr/bin:/bin", "RAY_AUTH_TOKEN": "t",
+           "PYTHONPATH": str(REPO), "HF_TOKEN": "hf_secret", "VLLM_API_KEY": "secret", "HF_HUB_OFFLINE": "1",
+           "HOME": str(tmp_path)}
+
+    def submitted_env(**extra) -> dict:
+        (tmp_path / "calls").unlink(missing_ok=True)
+        done = subprocess.run([f"{REPO}/cluster/launch/ray-node.sh", "submit", "http://127.0.0.1:8265", "--",
+                               "motif", "train"], env={**env, **extra}, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        calls = (tmp_path / "calls").read_text().splitlines()
+        return json.loads(calls[calls.index("--runtime-env-json") + 1] if "--runtime-env-json" in calls else
+                          next(c.split("=", 1)[1] for c in calls if c.startswith("--runtime-env-json=")))["env_vars"]
+
+    assert submitted_env() == {"HF_HUB_OFFLINE": "1"}
+    assert submitted_env(MOTIF_FORWARD_ENV="HF_TOKEN") == {"HF_HUB_OFFLINE": "1", "HF_TOKEN": "hf_secret"}

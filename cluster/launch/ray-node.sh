@@ -3,7 +3,8 @@
 #   ray-node.sh head [ray start args]           start the head and block
 #   ray-node.sh worker HOST:PORT [ray start args] join the head at HOST:PORT and block
 #   ray-node.sh submit URL [--] COMMAND...      submit COMMAND as a Ray job (a checkout as its working dir)
-#                                               to the job API at URL, follow its logs, exit 0 if it succeeded
+#                                               to the job API at URL, follow its logs, exit 0 if it succeeded;
+#                                               MOTIF_FORWARD_ENV names variables beyond the allow-list
 # Token authentication is always on: every node and client needs the same token, in RAY_AUTH_TOKEN or in the
 # file Ray reads by default (~/.ray/auth_token). The dashboard and job API listen on RAY_DASHBOARD_HOST (default
 # 127.0.0.1); RAY_PORT (6379), RAY_DASHBOARD_PORT (8265) and RAY_DASHBOARD_AGENT_PORT (52365: each node's job agent;
@@ -35,8 +36,14 @@ case "$role" in
     url="${1:?usage: ray-node.sh submit URL -- COMMAND...}"
     shift
     [ "${1:-}" = "--" ] && shift
-    # The job sees the driver-side variables that models and data need (offline hubs, caches).
-    env_json="$(python3 -c 'import json, os; print(json.dumps({"env_vars": {k: v for k, v in os.environ.items() if k.startswith(("HF_", "VLLM_", "TRANSFORMERS_", "MOTIF_CACHE"))}}))')"
+    # The job sees the variables of cluster.forward_env's default allow-list (offline hubs, caches) and those
+    # named in MOTIF_FORWARD_ENV (space-separated; e.g. HF_TOKEN): a job's runtime env is readable by anyone
+    # with access to the cluster, so secrets travel only when named.
+    env_json="$(python3 -c 'import json, os
+from cluster.config import ClusterConfig
+from cluster.workers import forwarded_env
+names = ClusterConfig().forward_env + os.environ.get("MOTIF_FORWARD_ENV", "").split()
+print(json.dumps({"env_vars": forwarded_env(names, os.environ)}))')"
     id="motif-$(date +%Y%m%d-%H%M%S)-$$"
     # A checkout travels with the job as its working dir; an installed copy (site-packages) does not: there the
     # nodes run their own installed motif.
