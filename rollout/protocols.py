@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from rewards.format import extract_progress
+from rollout.engine import ABORTED
 from rollout.records import Completion, MotifTrajectory, SamplingSpec
 
 Generate = Callable[[list[list[dict[str, str]]], SamplingSpec, bool], list[list[Completion]]]
@@ -100,12 +101,16 @@ def motif_rollout(generate: Generate, questions: Sequence[str], spec: MotifSpec)
         return trajectories
 
     use_adapter = spec.continuation_policy == "current"
-    # Live chains: (trajectory, chain index, text of the previous round).
-    live = [(t, None, t.first.text) for t in trajectories]
+    # Live chains: (trajectory, chain index, the previous round). A round that failed to generate (aborted) ends
+    # its chain there: it carries nothing, and its trajectory is dropped from training and counted as failed.
+    live = [(t, None, t.first) for t in trajectories]
     for round_index in range(2, rounds + 1):
+        live = [entry for entry in live if entry[2].finish_reason != ABORTED]
+        if not live:
+            break
         messages = []
         for t, _, prev in live:
-            progress = carried_progress(prev)
+            progress = carried_progress(prev.text)
             t.missing_progress += progress is None
             messages.append(continuation_message(
                 questions[t.prompt_index], MISSING_PROGRESS if progress is None else progress, round_index, rounds))
@@ -124,6 +129,6 @@ def motif_rollout(generate: Generate, questions: Sequence[str], spec: MotifSpec)
                     traj.round_prompts.append([])
                 traj.chains[c].append(sample)
                 traj.round_prompts[c].append(msg)
-                next_live.append((traj, c, sample.text))
+                next_live.append((traj, c, sample))
         live = next_live
     return trajectories
