@@ -307,18 +307,24 @@ class GRPOLearner:
 
     def export_model(self, path: str) -> str:
         """Write a full model folder (LoRA merged into the weights) with its tokenizer, loadable by
-        `from_pretrained` and by vLLM; atomically. Ends training: the adapter is merged in place."""
+        `from_pretrained` and by vLLM; atomically. Ends training: the adapter is merged in place. Under ZeRO-3
+        every rank must call: the weights are gathered whole (a partitioned parameter holds an empty tensor)
+        and rank 0 writes them."""
+        import deepspeed
         from transformers import AutoTokenizer
 
         model = self.engine.module
-        if self.config.finetune == "lora":
-            model = model.merge_and_unload()
+        with deepspeed.zero.GatheredParameters(list(model.parameters()), enabled=self.config.zero_stage == 3):
+            if self.rank != 0:
+                return path
+            if self.config.finetune == "lora":
+                model = model.merge_and_unload()
 
-        def write(staging: Path) -> None:
-            model.save_pretrained(str(staging))
-            AutoTokenizer.from_pretrained(self.model_path).save_pretrained(str(staging))
+            def write(staging: Path) -> None:
+                model.save_pretrained(str(staging))
+                AutoTokenizer.from_pretrained(self.model_path).save_pretrained(str(staging))
 
-        return str(replace_directory(Path(path), write))
+            return str(replace_directory(Path(path), write))
 
 
 LearnerWorker = ray.remote(GRPOLearner)
