@@ -33,6 +33,9 @@ class WarmStartConfig:
 
     dir: str | None = None  # None: <cache>/warm-start, one per user (cluster.models.cache_dir)
     problems: int = 2000  # train problems, each solved once per entry of `rounds`
+    # Difficulties (toy operations) of the traces, problems split evenly; None: data.toy.operations. One warm
+    # start for several difficulties starts them all from the same model (the learning grid's).
+    operations: list[int] | None = None
     rounds: list[int] = field(default_factory=lambda: [1, 3])  # protocols to imitate: 1 = single round
     error_rate: float = 0.06  # chance that a written step is wrong: leaves room for RL
     steps: int = 1200  # 800 left some warm starts under-trained (greedy 0.93), where RL then gained nothing
@@ -191,6 +194,9 @@ class RunConfig:
         r, e, c = self.rollout, self.eval, self.cluster
         if self.steps < 1 or self.max_skipped_steps < 1:
             raise ConfigError(f"steps and max_skipped_steps must be >= 1, got {self.steps}, {self.max_skipped_steps}")
+        mixed = self.model.warm_start.operations
+        if mixed is not None and (not mixed or not all(1 <= d <= 26 for d in mixed)):
+            raise ConfigError(f"model.warm_start.operations must list toy difficulties in 1..26, got {mixed}")
         for name in ("temperature", "continuation_temperature"):
             if not getattr(r, name) > 0:
                 raise ConfigError(f"rollout.{name} must be > 0 (the learner divides logits by it), got {getattr(r, name)}")

@@ -12,7 +12,7 @@ STEPS = 30
 def script_run(out, operations, warm_start, method, seed, start, end):
     run_dir = out / f"ops{operations}" / f"ws{warm_start}" / f"{slug(method)}-seed{seed}"
     run_dir.mkdir(parents=True)
-    arguments = run_arguments("demo", operations, warm_start, method, seed, STEPS, STEPS, [])
+    arguments = run_arguments("demo", operations, warm_start, method, seed, STEPS, STEPS, [], [4, 8])
     rows = [{"step": 0, "eval/pass@1": start}, {"step": 1, "reward/accuracy": 0.5},
             {"step": STEPS, "eval/pass@1": end}]
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))

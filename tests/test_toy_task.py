@@ -71,3 +71,26 @@ def test_toy_dataset_loads_by_name():
     assert all(p.gold == independent_answer(p.question) for p in problems)
     with pytest.raises(ValueError, match="split"):
         load_problems(DataConfig(path="toy", split="validation"))
+
+
+def test_a_warm_start_for_several_difficulties_is_shared_by_them():
+    """The learning grid's warm start: one per seed for every difficulty it lists (one cache key), different
+    from a single-difficulty warm start, and its tokenizer corpus covers every listed difficulty."""
+    import dataclasses
+
+    from cluster.config import load_config
+    from cluster.tasks.warm_start import warm_start_plan
+
+    def plan(*overrides):
+        config = load_config("demo", list(overrides))
+        return warm_start_plan(config.model.warm_start, config.data.toy)
+
+    mixed = "model.warm_start.operations=[4, 10]"
+    tasks, corpus, key = plan(mixed, "data.toy.operations=4")
+    assert [t.operations for t in tasks] == [4, 10]
+    assert plan(mixed, "data.toy.operations=8")[2] == key  # shared by every difficulty of the grid
+    assert plan(mixed, "model.warm_start.seed=1")[2] != key
+    assert plan("data.toy.operations=4")[2] not in (key, plan("data.toy.operations=10")[2])
+    assert any(" j" in text for text in corpus)  # a 10-operation question (steps a..j) shaped the tokenizer
+    single_tasks, _, _ = plan("data.toy.operations=4")
+    assert single_tasks == [dataclasses.replace(tasks[0])]

@@ -1,7 +1,8 @@
 """Learning benchmark: MOTIF against single-round GRPO on the toy task, over a grid of difficulties.
 
 A cell is (difficulty, method). Each cell trains from several warm starts (the tiny model SFT'd with another
-seed) and several RL seeds per warm start, and reports the held-out gain from step 0 to the last step: mean
+seed, on traces of every difficulty of the grid, so that all cells of a seed start from the same model) and
+several RL seeds per warm start, and reports the held-out gain from step 0 to the last step: mean
 and 95% t-interval over its runs. Every method trains the same round-1 samples per step (B x m) for the same
 steps. GRPO and MOTIF get the same per-round token budget, which is too small for a whole solution; a third
 arm gives single-round GRPO MOTIF's total budget (3 rounds' worth) in one round. Each is evaluated on
@@ -54,10 +55,12 @@ def slug(method: str) -> str:
 
 
 def run_arguments(config: str, operations: int, warm_start: int, method: str, seed: int, steps: int, every: int,
-                  overrides: list[str]) -> list[str]:
+                  overrides: list[str], warm_start_operations: list[int] | None = None) -> list[str]:
     """The `motif train` arguments of one run (without its output folder)."""
+    shared = [f"model.warm_start.operations=[{','.join(map(str, warm_start_operations))}]"] \
+        if warm_start_operations else []
     return ["--config", config, f"steps={steps}", f"eval.every={every}", f"data.toy.operations={operations}",
-            f"model.warm_start.seed={warm_start}", f"rollout.seed={seed}", f"learner.seed={seed}",
+            f"model.warm_start.seed={warm_start}", *shared, f"rollout.seed={seed}", f"learner.seed={seed}",
             f"data.shuffle_seed={seed}", *METHODS[method], *overrides]
 
 
@@ -167,6 +170,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--operations", type=int, nargs="+", default=[4, 6, 8, 10], help="toy difficulties")
     parser.add_argument("--warm-starts", type=int, nargs="+", default=[0, 1], help="warm-start (SFT) seeds")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="RL seeds per warm start")
+    parser.add_argument("--warm-start-operations", type=int, nargs="+",
+                        help="difficulties of the warm starts' traces (default: --operations)")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--every", type=int, default=0, help="evaluate every this many steps too (0: ends only)")
     parser.add_argument("--out", default="runs/learning-grid")
@@ -185,7 +190,7 @@ def main(argv: list[str] | None = None) -> dict:
         for w, s, d, m in progress:
             run_dir = out / f"ops{d}" / f"ws{w}" / f"{slug(m)}-seed{s}"
             arguments = run_arguments(args.config, d, w, m, s, args.steps, args.every or args.steps,
-                                      args.overrides)
+                                      args.overrides, args.warm_start_operations or args.operations)
             record = finished(run_dir, arguments, args.steps) if args.report else run_one(run_dir, arguments,
                                                                                            args.steps)
             if record is None:
@@ -200,6 +205,7 @@ def main(argv: list[str] | None = None) -> dict:
                 progress.write(f"{d} ops, warm start {w}, seed {s}, {m}: {verdict} ({took})")
     results = {"config": args.config, "overrides": args.overrides, "steps": args.steps,
                "operations": args.operations, "warm_starts": args.warm_starts, "seeds": args.seeds,
+               "warm_start_operations": args.warm_start_operations or args.operations,
                "wall_s_this_invocation": round(time.monotonic() - started, 1),
                "wall_s_all_runs": round(sum(r["wall_s"] for rs in runs.values() for r in rs), 1),
                "cells": summarise(runs, args.steps)}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import random
 import shutil
 import subprocess
 import sys
@@ -21,35 +22,50 @@ from learner.config import LearnerConfig
 from learner.files import replace_directory
 
 
+def warm_start_plan(settings: WarmStartConfig, toy: ToyConfig) -> tuple[list[ToyConfig], list[str], str]:
+    """The toy tasks a warm start imitates (the task's difficulty, or each of `settings.operations`), the
+    tokenizer corpus, and the cache key of everything that shapes the model (settings, tasks, protocol texts,
+    the tiny model's code): runs of different difficulties share a warm start built for all of them."""
+    tasks = [dataclasses.replace(toy, operations=d) for d in settings.operations or [toy.operations]]
+    corpus = [text for task in tasks for text in tokenizer_corpus(task)]
+    shaping = dataclasses.asdict(settings) | {"dir": None}
+    if settings.operations is None:
+        del shaping["operations"]  # the key of a single-difficulty warm start is what it was before the field
+    key_material = json.dumps([shaping, *map(dataclasses.asdict, tasks), corpus, tiny_model_digest()])
+    return tasks, corpus, hashlib.sha256(key_material.encode()).hexdigest()[:12]
+
+
 def ensure_toy_warm_start(settings: WarmStartConfig, toy: ToyConfig) -> Path:
-    """The tiny model SFT'd on imperfect toy traces in every protocol of `settings.rounds`; built on first use
-    and cached (in `settings.dir`, default the user's cache) under a key of everything that shapes it (settings,
-    toy task, the protocol texts, the tiny model's code)."""
-    corpus = tokenizer_corpus(toy)
-    key_material = json.dumps([dataclasses.asdict(settings) | {"dir": None}, dataclasses.asdict(toy), corpus,
-                               tiny_model_digest()])
+    """The tiny model SFT'd on imperfect toy traces in every protocol of `settings.rounds` (see
+    warm_start_plan); built on first use and cached in `settings.dir`, default the user's cache."""
+    tasks, corpus, key = warm_start_plan(settings, toy)
     root = Path(settings.dir).resolve() if settings.dir else cache_dir() / "warm-start"
-    folder = root / f"toy-{hashlib.sha256(key_material.encode()).hexdigest()[:12]}"
+    folder = root / f"toy-{key}"
     model = folder / "model"
     if (model / "config.json").exists():
         return model
     with build_lock(folder):
         if (model / "config.json").exists():  # another run built it while this one waited
             return model
-        _build_toy_warm_start(settings, toy, corpus, folder)
+        _build_toy_warm_start(settings, tasks, corpus, folder)
     return model
 
 
-def _build_toy_warm_start(settings: WarmStartConfig, toy: ToyConfig, corpus: list[str], folder: Path) -> None:
+def _build_toy_warm_start(settings: WarmStartConfig, tasks: list[ToyConfig], corpus: list[str],
+                          folder: Path) -> None:
     tqdm.write(f"warm start: building the toy-task SFT model in {folder} (once; cached for later runs)")
-    replace_directory(folder, lambda work: _build_into(work, settings, toy, corpus))
+    replace_directory(folder, lambda work: _build_into(work, settings, tasks, corpus))
 
 
-def _build_into(work: Path, settings: WarmStartConfig, toy: ToyConfig, corpus: list[str]) -> None:
+def _build_into(work: Path, settings: WarmStartConfig, tasks: list[ToyConfig], corpus: list[str]) -> None:
     from learner.tiny_model import build_tiny_model
 
     base = build_tiny_model(work / "base", seed=settings.seed, extra_corpus=corpus)
-    rows = sft_rows(toy, settings.problems, tuple(settings.rounds), settings.error_rate, seed=settings.seed)
+    rows = [row for i, task in enumerate(tasks)
+            for row in sft_rows(task, settings.problems // len(tasks), tuple(settings.rounds), settings.error_rate,
+                                seed=settings.seed + i)]
+    if len(tasks) > 1:
+        random.Random(settings.seed).shuffle(rows)  # sft_rows shuffles each difficulty's rows, not the mix
     (work / "sft.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     sft = SFTRunConfig(
         output_dir=str(work),
