@@ -181,9 +181,9 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
 
-    # Warm starts outermost and RL seeds before difficulties: a grid stopped early still covers every
-    # difficulty with its first seeds.
-    plan = [(w, s, d, m) for w in args.warm_starts for s in args.seeds for d in args.operations for m in METHODS]
+    # RL seeds outermost, then warm starts: a grid stopped early covers every cell with its first seeds from
+    # every warm start.
+    plan = [(w, s, d, m) for s in args.seeds for w in args.warm_starts for d in args.operations for m in METHODS]
     runs: dict = {(m, d): [] for m in METHODS for d in args.operations}
     started = time.monotonic()
     with tqdm(plan, desc="learning grid", unit="run", disable=args.report) as progress:
