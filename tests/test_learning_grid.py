@@ -37,6 +37,7 @@ def test_grid_summary_matches_hand_computation(tmp_path, capsys):
     stdev = math.sqrt(((0.1 - mean) ** 2 + (0.2 - mean) ** 2 + (0.05 - mean) ** 2) / 2)
     half = 4.302652729911275 * stdev / math.sqrt(3)  # t quantile 0.975 with 2 degrees of freedom
     assert cell["runs"] == 3 and cell["failed"] == 0
+    assert cell["first_failure_round"] is None  # the scripted runs kept no evaluation samples
     assert math.isclose(cell["gain"], mean) and math.isclose(cell["ci95"], half, rel_tol=1e-6)
     assert math.isclose(cell["start"], (0.5 + 0.5 + 0.6) / 3) and math.isclose(cell["end"], (0.6 + 0.7 + 0.65) / 3)
     single = results["cells"]["grpo, 1 round"]["4"]

@@ -28,6 +28,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 from tqdm import tqdm
@@ -77,7 +78,7 @@ def finished(run_dir: Path, arguments: list[str], steps: int) -> dict | None:
     rows = read_rows(run_dir / "metrics.jsonl")
     if record.get("arguments") != arguments or not any(r["step"] == steps and "eval/pass@1" in r for r in rows):
         return None
-    return record
+    return record | {"run_dir": str(run_dir)}
 
 
 def run_one(run_dir: Path, arguments: list[str], steps: int) -> dict:
@@ -98,7 +99,23 @@ def run_one(run_dir: Path, arguments: list[str], steps: int) -> dict:
               "pass@1": {str(r["step"]): r["eval/pass@1"] for r in rows if "eval/pass@1" in r}}
     if status == 0:  # only a finished run is reused; a failed one is retried by the next invocation
         (run_dir / "benchmark.json").write_text(json.dumps(record, indent=1) + "\n")
-    return record | {"reused": False}
+    return record | {"reused": False, "run_dir": str(run_dir)}
+
+
+def first_failures(records: list[dict], steps: int) -> dict | None:
+    """The round of each wrong held-out answer's first wrong step (cluster.bench.diagnosis), summed over the
+    runs, at step 0 and at the last step; None where a run kept no evaluation samples."""
+    from cluster.bench.diagnosis import diagnose_folder
+
+    totals = {"start": Counter(), "end": Counter()}
+    for record in records:
+        folders = {"start": Path(record["run_dir"]) / "eval" / "step-0",
+                   "end": Path(record["run_dir"]) / "eval" / f"step-{steps}"}
+        if not all((folder / "samples.jsonl").is_file() for folder in folders.values()):
+            return None
+        for end, folder in folders.items():
+            totals[end].update(diagnose_folder(folder)["first_failure_round"])
+    return {end: dict(sorted(counts.items())) for end, counts in totals.items()}
 
 
 def summarise(runs: dict, steps: int) -> dict:
@@ -113,7 +130,8 @@ def summarise(runs: dict, steps: int) -> dict:
             mean, half = interval(gains)
             cell |= {"gain": mean, "ci95": half, "lo": mean - half, "hi": mean + half, "gains": gains,
                      "start": statistics.fmean(r["pass@1"]["0"] for r in done),
-                     "end": statistics.fmean(r["pass@1"][str(steps)] for r in done)}
+                     "end": statistics.fmean(r["pass@1"][str(steps)] for r in done),
+                     "first_failure_round": first_failures(done, steps)}
         cells.setdefault(method, {})[str(operations)] = cell
     return cells
 
@@ -129,6 +147,14 @@ def table(results: dict) -> str:
                     else f"no run n={cell['runs']}")
             cells.append(f"{text:>22}")
         lines.append(f"{method:<26}" + "".join(cells))
+    lines.append("\nfirst wrong step by round (all runs' held-out samples), step 0 -> last step")
+    for method, by in results["cells"].items():
+        for d in difficulties:
+            found = by[str(d)].get("first_failure_round")
+            if found:
+                rounds = sorted(set(found["start"]) | set(found["end"]))
+                lines.append(f"{method:<26}{d:>3} ops  " + "  ".join(
+                    f"{r}: {found['start'].get(r, 0)} -> {found['end'].get(r, 0)}" for r in rounds))
     return "\n".join(lines)
 
 
