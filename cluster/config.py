@@ -205,6 +205,11 @@ class RunConfig:
                               "distribution, so round-1 samples must come from it (continuation_top_p may be lower)")
         if not 0 < r.continuation_top_p <= 1 or not 0 < e.top_p <= 1:
             raise ConfigError("rollout.continuation_top_p and eval.top_p must be in (0, 1]")
+        if self.learner.credit == "every_round" and (r.continuation_top_p != 1 or r.continuation_policy != "current"):
+            raise ConfigError("learner.credit=every_round trains the continuation rounds: they must be sampled from "
+                              "the full distribution (rollout.continuation_top_p=1) of the policy being trained "
+                              f"(rollout.continuation_policy=current), got {r.continuation_top_p}, "
+                              f"{r.continuation_policy!r}")
         if (e.temperature is not None and e.temperature < 0) or e.n < 1 or e.every < 0 or (e.rounds is not None and e.rounds < 1):
             raise ConfigError("eval: temperature must be >= 0, n and rounds >= 1, every >= 0")
         if not 0 <= e.max_failed_fraction < 1:

@@ -26,8 +26,8 @@ from cluster.report import plot_run
 from cluster.spec import motif_spec
 from cluster.workers import colocated_on_gpu, start_ray
 from learner.files import write_files
+from learner.credit import CREDIT
 from learner.losses import ADVANTAGE_ESTIMATORS
-from learner.records import TrainSample
 from rewards import RewardSample, build_rewards, score_samples
 from rollout.engine import ABORTED, PROMPT_TOO_LONG
 from rollout.protocols import MotifSpec, motif_response_format
@@ -249,6 +249,7 @@ def train(config: RunConfig, resume: str | None = None) -> Path:
     if config.reward.motivation:
         tqdm.write(f"system prompt with motivation:\n{spec.system_prompt}")
     estimator = ADVANTAGE_ESTIMATORS[config.learner.advantage_estimator]
+    credit = CREDIT[config.learner.credit]
     log = None
     try:
         run.start(model_path)
@@ -282,8 +283,9 @@ def train(config: RunConfig, resume: str | None = None) -> Path:
                     totals, [t.prompt_index for t in trajectories], norm_by_std=config.learner.norm_adv_by_std
                 ).tolist()
                 write_samples(run_dir / "samples" / f"step-{step}.jsonl", step, batch, trajectories, totals, advantages)
-                samples = [TrainSample(t.first.prompt_ids, t.first.completion_ids, a)
-                           for t, a in zip(trajectories, advantages) if t.first.completion_ids]
+                samples = credit(trajectories, advantages, golds=[batch[t.prompt_index].gold for t in trajectories],
+                                 estimator=estimator, norm_by_std=config.learner.norm_adv_by_std,
+                                 continuation_temperature=r.continuation_temperature)
                 metrics.update({**reward_metrics, **rollout_stats(trajectories)})
             t2 = time.perf_counter()
             if samples:

@@ -106,13 +106,18 @@ class GRPOLearner:
 
     def _logprobs(self, samples: Sequence[TrainSample], *, with_adapter: bool = True):
         ids, attention, mask = pad_batch(samples, self.pad_id, self.device)
+        temperatures = {getattr(s, "temperature", None) or self.temperature for s in samples}
+        # One number where every sample was drawn at the learner's temperature (round 1): the same arithmetic
+        # as before per-sample temperatures existed; a column only where continuation rounds are trained too.
+        temperature = self.temperature if temperatures == {self.temperature} else torch.tensor(
+            [getattr(s, "temperature", None) or self.temperature for s in samples])
         chunking = {"chunk_tokens": self.config.logprob_chunk_tokens,
                     "recompute": self.config.logprob_recompute and self.config.zero_stage != 3,
                     "group_chunks": self._group_max if self.config.zero_stage == 3 and self.world_size > 1 else None}
         if with_adapter:
-            return token_logprobs(self.engine, ids, attention, self.temperature, **chunking), mask
+            return token_logprobs(self.engine, ids, attention, temperature, **chunking), mask
         with self.engine.module.disable_adapter():
-            return token_logprobs(self.engine.module, ids, attention, self.temperature, **chunking), mask
+            return token_logprobs(self.engine.module, ids, attention, temperature, **chunking), mask
 
     def _group_max(self, value: int) -> int:
         import torch.distributed as dist

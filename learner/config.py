@@ -39,9 +39,13 @@ class LearnerConfig:
     advantage_estimator: str = "grpo"
     norm_adv_by_std: bool = True
     policy_loss: str = "clipped"
+    # Which rounds are trained (learner.credit.CREDIT): "first_round" (MOTIF: round 1, by future accuracy) or
+    # "every_round" (the continuation rounds too, by their own chain's answer)
+    credit: str = "first_round"
     seed: int = 0
 
     def validate(self) -> None:
+        from learner.credit import CREDIT
         from learner.losses import ADVANTAGE_ESTIMATORS, POLICY_LOSSES
 
         if self.finetune not in ("lora", "full"):
@@ -68,5 +72,7 @@ class LearnerConfig:
             raise ValueError(f"learner.advantage_estimator {self.advantage_estimator!r} is not one of {sorted(ADVANTAGE_ESTIMATORS)}")
         if self.policy_loss not in POLICY_LOSSES:
             raise ValueError(f"learner.policy_loss {self.policy_loss!r} is not one of {sorted(POLICY_LOSSES)}")
+        if self.credit not in CREDIT:
+            raise ValueError(f"learner.credit {self.credit!r} is not one of {sorted(CREDIT)}")
         if self.learning_rate < 0 or self.kl_coef < 0:
             raise ValueError("learner.learning_rate and learner.kl_coef must be >= 0")

@@ -49,15 +49,16 @@ def pad_batch(samples: Sequence[TrainSample], pad_id: int, device) -> tuple[torc
     return ids.to(device), attention.to(device), completion.to(device)
 
 
-def _chunk_logprobs(head, hidden: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:
+def _chunk_logprobs(head, hidden: torch.Tensor, targets: torch.Tensor, temperature: float | torch.Tensor) -> torch.Tensor:
     logits = head(hidden).float() / temperature
     return logits.gather(-1, targets[:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
 
 
-def token_logprobs(model, ids: torch.Tensor, attention: torch.Tensor, temperature: float = 1.0,
+def token_logprobs(model, ids: torch.Tensor, attention: torch.Tensor, temperature: float | torch.Tensor = 1.0,
                    chunk_tokens: int = 1024, recompute: bool = True,
                    group_chunks: Callable[[int], int] | None = None) -> torch.Tensor:
-    """log p(ids[:, t+1] | ids[:, :t+1]) under the sampling temperature, in float32.
+    """log p(ids[:, t+1] | ids[:, :t+1]) under the sampling temperature, in float32; `temperature` is one
+    number or one per row.
 
     The vocabulary projection runs `chunk_tokens` positions at a time from the final hidden states, so the
     full [batch, length, vocab] logits never exist, in fp32 or at all. With `recompute`, under autograd each
@@ -74,16 +75,21 @@ def token_logprobs(model, ids: torch.Tensor, attention: torch.Tensor, temperatur
     hidden = out.hidden_states[-1][:, :-1]
     targets = ids[:, 1:]
     flat_hidden, flat_targets = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1)
+    if isinstance(temperature, torch.Tensor):  # one per row: one per position, a column to divide logits by
+        temperature = temperature.to(hidden.device, torch.float32)[:, None].expand(targets.shape).reshape(-1, 1)
     head = output_head(model)
     parts = []
     for start in range(0, flat_targets.numel(), chunk_tokens):
-        args = (head, flat_hidden[start : start + chunk_tokens], flat_targets[start : start + chunk_tokens], temperature)
+        chunk_temperature = temperature[start : start + chunk_tokens] if isinstance(temperature, torch.Tensor) \
+            else temperature
+        args = (head, flat_hidden[start : start + chunk_tokens], flat_targets[start : start + chunk_tokens],
+                chunk_temperature)
         if recompute and torch.is_grad_enabled():
             parts.append(torch.utils.checkpoint.checkpoint(_chunk_logprobs, *args, use_reentrant=False))
         else:
             parts.append(_chunk_logprobs(*args))
     for _ in range(extra):  # kept in the graph, so that the backward gathers as often on every rank
-        parts[0] = parts[0] + 0.0 * _chunk_logprobs(head, flat_hidden[:1], flat_targets[:1], temperature).sum()
+        parts[0] = parts[0] + 0.0 * _chunk_logprobs(head, flat_hidden[:1], flat_targets[:1], 1.0).sum()
     return torch.cat(parts).view(targets.shape)
 
 

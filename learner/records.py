@@ -7,11 +7,12 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class TrainSample:
-    """One round-1 completion to train on, with its group-normalised advantage."""
+    """One completion to train on, with its group-normalised advantage."""
 
     prompt_ids: list[int]
     completion_ids: list[int]
     advantage: float
+    temperature: float | None = None  # what it was sampled at (None: the learner's, round 1's)
 
 
 @dataclass(frozen=True)

@@ -17,14 +17,25 @@ def mean_per_group(flat_values: Sequence[float], groups: Sequence[Sequence]) -> 
     return means
 
 
-def future_accuracies(finals: Sequence[Sequence[str]], golds: Sequence[str]) -> tuple[list[float], Counter]:
-    """Per round-1 sample, the mean correctness of its k final-round responses (graded in one batch),
-    and the count of grading outcomes by reason."""
+def _grade_finals(finals: Sequence[Sequence[str]], golds: Sequence[str]):
+    """Every final-round response graded against its sample's gold, in one batch, in order."""
     if any(len(f) == 0 for f in finals):
         raise ValueError("every round-1 sample needs at least one final response")
     flat = [(text, gold) for texts, gold in zip(finals, golds) for text in texts]
-    results = grade_batch([t for t, _ in flat], [g for _, g in flat])
+    return grade_batch([t for t, _ in flat], [g for _, g in flat])
+
+
+def future_accuracies(finals: Sequence[Sequence[str]], golds: Sequence[str]) -> tuple[list[float], Counter]:
+    """Per round-1 sample, the mean correctness of its k final-round responses (graded in one batch),
+    and the count of grading outcomes by reason."""
+    results = _grade_finals(finals, golds)
     return mean_per_group([float(r.correct) for r in results], finals), Counter(r.reason for r in results)
+
+
+def chain_correctness(finals: Sequence[Sequence[str]], golds: Sequence[str]) -> list[list[float]]:
+    """Per round-1 sample, the correctness (1.0 or 0.0) of each of its k final-round responses."""
+    correct = iter(float(r.correct) for r in _grade_finals(finals, golds))
+    return [[next(correct) for _ in texts] for texts in finals]
 
 
 def future_accuracy(final_responses: Sequence[str], gold: str) -> float:

@@ -32,6 +32,10 @@ def test_demo_config_loads_and_overrides_apply():
     ("eval.n=0", "eval: temperature must be >= 0, n and rounds >= 1"),
     ("learner.finetune=full", "learner.finetune must be lora for training"),
     ("data.toy.operations=many", "data.toy.operations: expected int"),
+    ("learner.credit=chains", "learner.credit 'chains' is not one of"),
+    ("model.warm_start.operations=[0, 4]", "model.warm_start.operations must list toy difficulties"),
+    ("rollout.max_num_seqs=0", "rollout.max_num_seqs must be >= 1"),
+    ("cluster.learner_timeout_s=0", "cluster.learner_timeout_s must be > 0"),
 ])
 def test_invalid_config_is_named(override, message):
     with pytest.raises(ConfigError, match=message):
@@ -100,3 +104,11 @@ def test_plain_answers_are_accepted_without_a_gsm8k_marker(tmp_path):
     path = tmp_path / "plain.jsonl"
     path.write_text(json.dumps({"question": "2+2?", "answer": " 4 "}) + "\n")
     assert load_problems(DataConfig(path=str(path)))[0][0].gold == "4"
+
+
+def test_training_every_round_needs_continuations_from_the_trained_policy():
+    with pytest.raises(ConfigError, match="continuation_top_p=1"):
+        load_config("demo", ["learner.credit=every_round", "rollout.continuation_top_p=0.9"])
+    with pytest.raises(ConfigError, match="continuation_policy=current"):
+        load_config("demo", ["learner.credit=every_round", "rollout.continuation_policy=frozen_base"])
+    assert load_config("demo", ["learner.credit=every_round"]).learner.credit == "every_round"

@@ -79,3 +79,31 @@ def test_kl_is_zero_when_policy_equals_reference_and_positive_otherwise():
     lp = torch.tensor([-1.0, -2.0], dtype=torch.float64)
     assert torch.all(k3_kl(lp, lp) == 0)
     assert torch.all(k3_kl(lp, lp + 0.3) > 0)
+
+
+def test_every_round_credit_trains_each_chain_by_its_own_answer():
+    """`first_round` trains round 1 only; `every_round` adds each continuation round, its advantage the chain's
+    correctness normalised among the sample's k chains, at the continuation temperature; chains that all agree
+    carry no signal."""
+    from learner.credit import CREDIT
+    from learner.losses import grpo_advantages
+    from rollout.records import Completion, MotifTrajectory
+
+    def completion(prompt: int, text: str) -> Completion:
+        return Completion([prompt], [prompt + 1], text, [0.0], "stop", 1)
+
+    right, wrong = "<answer>\\boxed{4}</answer>", "<answer>\\boxed{5}</answer>"
+    split = MotifTrajectory(0, completion(10, "r1"), chains=[[completion(20, "r2"), completion(30, right)],
+                                                              [completion(40, "r2"), completion(50, wrong)]])
+    agreed = MotifTrajectory(1, completion(60, "r1"), chains=[[completion(70, "r2"), completion(80, right)],
+                                                               [completion(90, "r2"), completion(100, right)]])
+    trajectories, advantages = [split, agreed], [0.25, -0.25]
+    options = dict(golds=["4", "4"], estimator=grpo_advantages, norm_by_std=True, continuation_temperature=0.8)
+
+    first = CREDIT["first_round"](trajectories, advantages, **options)
+    assert [(s.prompt_ids, s.advantage, s.temperature) for s in first] == [([10], 0.25, None), ([60], -0.25, None)]
+    every = CREDIT["every_round"](trajectories, advantages, **options)
+    assert every[:2] == first
+    half = 0.5 / (math.sqrt(0.5) + 1e-6)  # rewards (1, 0): centred by 0.5, divided by their sample std
+    assert [(s.prompt_ids, round(s.advantage, 6), s.temperature) for s in every[2:]] == [
+        ([20], round(half, 6), 0.8), ([30], round(half, 6), 0.8), ([40], round(-half, 6), 0.8), ([50], round(-half, 6), 0.8)]

@@ -87,3 +87,24 @@ def test_sft_loss_is_the_response_token_nll(ray_session, tiny_model):
     assert count == 7
     assert metrics["loss"] == pytest.approx(nll / count, abs=1e-5)
     assert metrics["train_tokens"] == 7 and metrics["optimizer_steps"] == 1
+
+
+def test_per_sample_temperatures_match_a_float64_reference(tiny_model):
+    """Continuation rounds sampled at another temperature are scored at theirs: one temperature per row, across
+    logprob chunks that span rows, equals each row's log-softmax of logits / T in float64."""
+    from transformers import AutoModelForCausalLM
+
+    from learner.policy import token_logprobs
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
+    samples = [TrainSample([5, 6, 7], [8, 9, 10], 1.0, 1.0), TrainSample([5, 11], [12, 13], -1.0, 0.8),
+               TrainSample([14, 15, 16, 17], [18], 0.5, 0.5)]
+    ids, attention, mask = pad_batch(samples, pad_id=0, device="cpu")
+    temperatures = torch.tensor([s.temperature for s in samples])
+    with torch.no_grad():
+        mine = token_logprobs(model, ids, attention, temperatures, chunk_tokens=5)
+        logits = model(input_ids=ids, attention_mask=attention).logits[:, :-1].double()
+    reference = torch.log_softmax(logits / temperatures.double()[:, None, None], dim=-1)
+    reference = reference.gather(-1, ids[:, 1:, None]).squeeze(-1)
+    assert torch.allclose(mine.double()[mask.bool()], reference[mask.bool()], atol=1e-5)
+    assert not torch.allclose(mine[1][mask[1].bool()], token_logprobs(model, ids, attention, 1.0)[1][mask[1].bool()])
