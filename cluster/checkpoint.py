@@ -74,16 +74,24 @@ def resume_fields(config: dict) -> dict:
         node = config
         for part in name.split("."):
             node = node.get(part) if isinstance(node, dict) else None
-        if isinstance(node, dict) and name in NOT_COMPARED:
-            node = {k: v for k, v in node.items() if k not in NOT_COMPARED[name]}
         values[name] = node
     return values
 
 
+def _comparable(name: str, saved, current):
+    """The two values of a resume field as compared: a section without its NOT_COMPARED keys, and without
+    the keys a checkpoint written before they existed lacks while they are unset (None) now."""
+    if not (isinstance(saved, dict) and isinstance(current, dict)):
+        return saved, current
+    ignored = set(NOT_COMPARED.get(name, ())) | {k for k, v in current.items() if k not in saved and v is None}
+    return ({k: v for k, v in saved.items() if k not in ignored},
+            {k: v for k, v in current.items() if k not in ignored})
+
+
 def resume_mismatches(saved: dict, current: dict) -> list[str]:
     """'field: checkpoint X, now Y' for each resume field that differs."""
-    return [f"{name}: checkpoint {saved[name]!r}, now {current[name]!r}"
-            for name in RESUME_FIELDS if name in saved and saved[name] != current[name]] \
+    differing = [(name, *_comparable(name, saved[name], current[name])) for name in RESUME_FIELDS if name in saved]
+    return [f"{name}: checkpoint {was!r}, now {now!r}" for name, was, now in differing if was != now] \
         + layout_mismatches(saved, current)
 
 

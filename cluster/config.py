@@ -205,6 +205,9 @@ class RunConfig:
                               "distribution, so round-1 samples must come from it (continuation_top_p may be lower)")
         if not 0 < r.continuation_top_p <= 1 or not 0 < e.top_p <= 1:
             raise ConfigError("rollout.continuation_top_p and eval.top_p must be in (0, 1]")
+        if self.learner.credit == "every_round" and r.rounds > 1 and r.continuations < 2:
+            raise ConfigError("learner.credit=every_round ranks a sample's continuations against each other: it "
+                              f"needs rollout.continuations >= 2, got {r.continuations}")
         if self.learner.credit == "every_round" and (r.continuation_top_p != 1 or r.continuation_policy != "current"):
             raise ConfigError("learner.credit=every_round trains the continuation rounds: they must be sampled from "
                               "the full distribution (rollout.continuation_top_p=1) of the policy being trained "

@@ -76,12 +76,16 @@ class GRPOLearner:
             interface = interface_of(ray.util.get_node_ip_address())
             if interface is not None:  # the collectives' connections go over the interface the peers reach
                 os.environ.setdefault("GLOO_SOCKET_IFNAME", interface)
-                os.environ.setdefault("NCCL_SOCKET_IFNAME", interface)
+                os.environ.setdefault("NCCL_SOCKET_IFNAME", f"={interface}")  # "=": that name, not a prefix
             # The group is made here around a store that listens on the rendezvous address only; DeepSpeed
-            # then wraps the existing group.
+            # then wraps the existing group. Its timeout and device binding are DeepSpeed's own choices (no
+            # device_id for a single rank: DeepSpeed's fix for an eager NCCL init failing on one GPU).
+            from deepspeed.constants import default_pg_timeout
+
             torch.distributed.init_process_group(
-                backend, store=tcp_store(master, rank, world_size), rank=rank, world_size=world_size,
-                **({"device_id": self.device} if cuda else {}))
+                backend, store=tcp_store(master, rank, world_size, default_pg_timeout.total_seconds()), rank=rank,
+                world_size=world_size, timeout=default_pg_timeout,
+                **({"device_id": self.device} if cuda and world_size > 1 else {}))
             deepspeed.init_distributed(backend, auto_mpi_discovery=False)
 
         model = load_policy(model_path, config, dtype=torch.bfloat16 if cuda else torch.float32)

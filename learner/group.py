@@ -64,8 +64,8 @@ class LearnerGroup:
                               f"{self.resume_hint}") from None
         except GetTimeoutError:
             raise LearnerDied(f"the learner ranks did not finish {what} within cluster.learner_timeout_s="
-                              f"{self.call_timeout_s:g} s (a rank hangs, or waits on one that does); the run "
-                              f"stops here. {self.resume_hint}") from None
+                              f"{self.call_timeout_s:g} s (a rank hangs, or waits on one that does; if the work is "
+                              f"just slow, raise it); the run stops here. {self.resume_hint}") from None
 
     def _all(self, method: str, *args):
         return [getattr(rank, method).remote(*args) for rank in self.ranks]

@@ -24,7 +24,7 @@ def rendezvous_address(node_ip: str) -> str:
     return f"{node_ip}:{free_port(node_ip)}"
 
 
-def tcp_store(address: str, rank: int, world_size: int, timeout_s: float = 300.0):
+def tcp_store(address: str, rank: int, world_size: int, timeout_s: float = 600.0):
     """torch's TCPStore for ranks on several machines, served by rank 0 on `address` ("host:port") only. torch
     binds its server to every interface and has no option to choose one, but serves an already bound socket
     (`master_listen_fd`): rank 0 binds it here, so peers reach it on the address they were given, and nothing

@@ -111,4 +111,6 @@ def test_training_every_round_needs_continuations_from_the_trained_policy():
         load_config("demo", ["learner.credit=every_round", "rollout.continuation_top_p=0.9"])
     with pytest.raises(ConfigError, match="continuation_policy=current"):
         load_config("demo", ["learner.credit=every_round", "rollout.continuation_policy=frozen_base"])
+    with pytest.raises(ConfigError, match="continuations >= 2"):
+        load_config("demo", ["learner.credit=every_round", "rollout.continuations=1"])
     assert load_config("demo", ["learner.credit=every_round"]).learner.credit == "every_round"

@@ -4,7 +4,7 @@ computation; a run is reused only with the arguments it ran with; missing cells 
 import json
 import math
 
-from cluster.bench.learning import METHODS, finished, main, run_arguments, slug
+from cluster.bench.learning import METHODS, finished, main, recorded, run_arguments, slug
 
 STEPS = 30
 
@@ -28,6 +28,9 @@ def test_grid_summary_matches_hand_computation(tmp_path, capsys):
     script_run(tmp_path, 8, 0, motif, 1, 0.5, 0.7)
     script_run(tmp_path, 8, 1, motif, 0, 0.6, 0.65)
     run_dir, arguments = script_run(tmp_path, 4, 0, "grpo, 1 round", 0, 0.8, 0.7)
+    failed_dir, failed_arguments = script_run(tmp_path, 4, 1, "grpo, 1 round", 0, 0.8, 0.9)
+    (failed_dir / "benchmark.json").write_text(json.dumps(
+        {"arguments": failed_arguments, "wall_s": 5.0, "returncode": 1, "pass@1": {"0": 0.8}}))
 
     results = main(["--report", "--operations", "4", "8", "--warm-starts", "0", "1", "--seeds", "0", "1",
                     "--steps", str(STEPS), "--out", str(tmp_path)])
@@ -42,9 +45,11 @@ def test_grid_summary_matches_hand_computation(tmp_path, capsys):
     assert math.isclose(cell["start"], (0.5 + 0.5 + 0.6) / 3) and math.isclose(cell["end"], (0.6 + 0.7 + 0.65) / 3)
     single = results["cells"]["grpo, 1 round"]["4"]
     assert math.isclose(single["gain"], -0.1) and single["ci95"] == 0.0 and single["runs"] == 1
+    assert single["failed"] == 1  # reported, never averaged in, and not reused
+    assert recorded(failed_dir, failed_arguments) is not None and finished(failed_dir, failed_arguments, STEPS) is None
     assert results["cells"][motif]["4"] == {"runs": 0, "failed": 0}  # never run: no made-up gain
     assert set(results["cells"]) == set(METHODS)
-    assert results["wall_s_all_runs"] == 400.0
+    assert results["wall_s_all_runs"] == 405.0
 
     printed = capsys.readouterr().out
     assert f"{mean:+.3f} ±{half:.3f} n=3" in printed and "no run n=0" in printed

@@ -111,3 +111,8 @@ def test_resume_compares_the_warm_start_but_not_where_it_is_cached():
     assert resume_mismatches(fields(), fields("model.warm_start.dir=/elsewhere")) == []
     assert [m.split(":")[0] for m in resume_mismatches(fields(), fields("model.warm_start.seed=1"))] == [
         "model.warm_start"]
+    # A checkpoint written before warm_start.operations existed resumes while it is unset, not once it is set.
+    old = fields()
+    old["model.warm_start"] = {k: v for k, v in old["model.warm_start"].items() if k != "operations"}
+    assert resume_mismatches(old, fields()) == []
+    assert resume_mismatches(old, fields("model.warm_start.operations=[4, 8]")) != []

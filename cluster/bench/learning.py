@@ -69,16 +69,23 @@ def read_rows(metrics: Path) -> list[dict]:
     return [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.is_file() else []
 
 
-def finished(run_dir: Path, arguments: list[str], steps: int) -> dict | None:
-    """The record of a run that finished with these arguments, else None."""
+def recorded(run_dir: Path, arguments: list[str]) -> dict | None:
+    """The record of a run with these arguments, finished or failed, else None."""
     record_path = run_dir / "benchmark.json"
     if not record_path.is_file():
         return None
     record = json.loads(record_path.read_text())
+    return record | {"run_dir": str(run_dir)} if record.get("arguments") == arguments else None
+
+
+def finished(run_dir: Path, arguments: list[str], steps: int) -> dict | None:
+    """The record of a run that finished with these arguments, else None."""
+    record = recorded(run_dir, arguments)
     rows = read_rows(run_dir / "metrics.jsonl")
-    if record.get("arguments") != arguments or not any(r["step"] == steps and "eval/pass@1" in r for r in rows):
+    if record is None or record["returncode"] != 0 or not any(r["step"] == steps and "eval/pass@1" in r
+                                                              for r in rows):
         return None
-    return record | {"run_dir": str(run_dir)}
+    return record
 
 
 def run_one(run_dir: Path, arguments: list[str], steps: int) -> dict:
@@ -97,8 +104,8 @@ def run_one(run_dir: Path, arguments: list[str], steps: int) -> dict:
     rows = read_rows(run_dir / "metrics.jsonl")
     record = {"arguments": arguments, "wall_s": round(time.monotonic() - started, 1), "returncode": status,
               "pass@1": {str(r["step"]): r["eval/pass@1"] for r in rows if "eval/pass@1" in r}}
-    if status == 0:  # only a finished run is reused; a failed one is retried by the next invocation
-        (run_dir / "benchmark.json").write_text(json.dumps(record, indent=1) + "\n")
+    # Only a finished run is reused; a failed one is reported, and retried by the next invocation.
+    (run_dir / "benchmark.json").write_text(json.dumps(record, indent=1) + "\n")
     return record | {"reused": False, "run_dir": str(run_dir)}
 
 
@@ -114,7 +121,11 @@ def first_failures(records: list[dict], steps: int) -> dict | None:
         if not all((folder / "samples.jsonl").is_file() for folder in folders.values()):
             return None
         for end, folder in folders.items():
-            totals[end].update(diagnose_folder(folder)["first_failure_round"])
+            try:
+                totals[end].update(diagnose_folder(folder)["first_failure_round"])
+            except (OSError, ValueError) as e:  # a summary without attribution beats none after hours of runs
+                print(f"[benchmark] no attribution for {folder}: {e}", file=sys.stderr)
+                return None
     return {end: dict(sorted(counts.items())) for end, counts in totals.items()}
 
 
@@ -217,8 +228,7 @@ def main(argv: list[str] | None = None) -> dict:
             run_dir = out / f"ops{d}" / f"ws{w}" / f"{slug(m)}-seed{s}"
             arguments = run_arguments(args.config, d, w, m, s, args.steps, args.every or args.steps,
                                       args.overrides, args.warm_start_operations or args.operations)
-            record = finished(run_dir, arguments, args.steps) if args.report else run_one(run_dir, arguments,
-                                                                                           args.steps)
+            record = recorded(run_dir, arguments) if args.report else run_one(run_dir, arguments, args.steps)
             if record is None:
                 continue
             runs[(m, d)].append(record)

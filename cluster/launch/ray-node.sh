@@ -39,6 +39,8 @@ case "$role" in
     # The job sees the variables of cluster.forward_env's default allow-list (offline hubs, caches) and those
     # named in MOTIF_FORWARD_ENV (space-separated; e.g. HF_TOKEN): a job's runtime env is readable by anyone
     # with access to the cluster, so secrets travel only when named.
+    # From a checkout its own package is imported, whatever the working directory holds.
+    [ -f "$root/pyproject.toml" ] && export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
     env_json="$(python3 -c 'import json, os
 from cluster.config import ClusterConfig
 from cluster.workers import forwarded_env
