@@ -5,7 +5,8 @@ seed, on traces of every difficulty of the grid, so that all cells of a seed sta
 several RL seeds per warm start, and reports the held-out gain from step 0 to the last step: mean
 and 95% t-interval over its runs. Every method trains the same round-1 samples per step (B x m) for the same
 steps. GRPO and MOTIF get the same per-round token budget, which is too small for a whole solution; a third
-arm gives single-round GRPO MOTIF's total budget (3 rounds' worth) in one round. Each is evaluated on
+arm gives single-round GRPO MOTIF's total budget (3 rounds' worth) in one round; a fourth trains MOTIF's
+continuation rounds as well as round 1 (learner.credit=every_round). Each is evaluated on
 held-out questions in its own protocol and budget, at step 0 and at the last step (--every adds more).
 
     python -m cluster.bench.learning --operations 4 6 8 10 --warm-starts 0 1 --seeds 0 1 2 --steps 30
@@ -40,6 +41,10 @@ METHODS = {
     "motif, 3 rounds": ["rollout.rounds=3"],
     # The same total token budget as MOTIF's three rounds, in one round: what rounds cost or buy.
     "grpo, 1 round x3 budget": ["rollout.rounds=1", "rollout.max_tokens=120", "eval.max_tokens=120"],
+    # MOTIF with the continuation rounds trained too (learner.credit), in one optimizer step per step as the
+    # others: B*m round-1 samples and up to B*m*k*(R-1) continuation rounds.
+    "motif, every round": ["rollout.rounds=3", "learner.credit=every_round", "learner.mini_batch_size=160",
+                           "learner.micro_batch_size=16"],
 }
 
 
