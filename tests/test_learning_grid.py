@@ -53,6 +53,7 @@ def test_grid_summary_matches_hand_computation(tmp_path, capsys):
 
     printed = capsys.readouterr().out
     assert f"{mean:+.3f} ±{half:.3f} n=3" in printed and "no run n=0" in printed
+    assert f"| {motif} | no run | {mean:+.3f} ± {half:.3f} (0.533 → 0.650, n=3) |" in printed  # the Markdown table
     assert (tmp_path / "grid.png").stat().st_size > 0
     assert json.loads((tmp_path / "results.json").read_text())["cells"] == results["cells"]
 

@@ -174,6 +174,19 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def markdown(results: dict) -> str:
+    """The gains as a Markdown table (mean ± 95% interval, step 0 -> last step, runs), for a README."""
+    difficulties = results["operations"]
+    lines = ["| method | " + " | ".join(f"{d} operations" for d in difficulties) + " |",
+             "|---|" + "---|" * len(difficulties)]
+    for method, by in results["cells"].items():
+        cells = [by[str(d)] for d in difficulties]
+        lines.append(f"| {method} | " + " | ".join(
+            f"{c['gain']:+.3f} ± {c['ci95']:.3f} ({c['start']:.3f} → {c['end']:.3f}, n={c['runs']})" if "gain" in c
+            else "no run" for c in cells) + " |")
+    return "\n".join(lines)
+
+
 def heatmap(results: dict, path: Path) -> None:
     import matplotlib
 
@@ -254,6 +267,7 @@ def main(argv: list[str] | None = None) -> dict:
     heatmap(results, out / "grid.png")
     print(json.dumps(results))
     print(table(results))
+    print(markdown(results))
     print(f"heat-map: {out / 'grid.png'}")
     return results
 
