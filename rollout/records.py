@@ -37,7 +37,7 @@ class MotifTrajectory:
 
     prompt_index: int
     first: Completion
-    chains: list[list[Completion]] = field(default_factory=list)  # k chains, each of R-1 rounds
+    chains: list[list[Completion]] = field(default_factory=list)  # k chains of R-1 rounds (fewer after a failed one)
     round_prompts: list[list[str]] = field(default_factory=list)  # user message per chain and round
     missing_progress: int = 0  # rounds of this trajectory that passed on no <progress> block
 
