@@ -9,18 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from learner.losses import registrar
 from learner.records import TrainSample
 from rollout.records import MotifTrajectory
 
 CREDIT: dict[str, Callable[..., list[TrainSample]]] = {}
-
-
-def register_credit(name: str):
-    def wrap(fn):
-        CREDIT[name] = fn
-        return fn
-
-    return wrap
+register_credit = registrar(CREDIT)
 
 
 @register_credit("first_round")

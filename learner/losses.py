@@ -13,12 +13,19 @@ import torch
 ADVANTAGE_ESTIMATORS: dict[str, Callable[..., torch.Tensor]] = {}
 
 
-def register_advantage(name: str):
-    def wrap(fn):
-        ADVANTAGE_ESTIMATORS[name] = fn
-        return fn
+def registrar(table: dict):
+    """A decorator factory that files a function in `table` under a name: `@registrar(TABLE)("name")`."""
+    def register(name: str):
+        def wrap(fn):
+            table[name] = fn
+            return fn
 
-    return wrap
+        return wrap
+
+    return register
+
+
+register_advantage = registrar(ADVANTAGE_ESTIMATORS)
 
 
 @register_advantage("grpo")

@@ -86,9 +86,7 @@ def recorded(run_dir: Path, arguments: list[str]) -> dict | None:
 def finished(run_dir: Path, arguments: list[str], steps: int) -> dict | None:
     """The record of a run that finished with these arguments, else None."""
     record = recorded(run_dir, arguments)
-    rows = read_rows(run_dir / "metrics.jsonl")
-    if record is None or record["returncode"] != 0 or not any(r["step"] == steps and "eval/pass@1" in r
-                                                              for r in rows):
+    if record is None or record["returncode"] != 0 or str(steps) not in record["pass@1"]:
         return None
     return record
 
