@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cluster.config import BadInput
+from cluster.config import BadInput, without_new_unset
 from learner.files import replace_directory
 
 STEP_FOLDER = re.compile(r"^step-(\d+)$")
@@ -83,9 +83,9 @@ def _comparable(name: str, saved, current):
     the keys a checkpoint written before they existed lacks while they are unset (None) now."""
     if not (isinstance(saved, dict) and isinstance(current, dict)):
         return saved, current
-    ignored = set(NOT_COMPARED.get(name, ())) | {k for k, v in current.items() if k not in saved and v is None}
+    ignored = NOT_COMPARED.get(name, ())
     return ({k: v for k, v in saved.items() if k not in ignored},
-            {k: v for k, v in current.items() if k not in ignored})
+            {k: v for k, v in without_new_unset(saved, current).items() if k not in ignored})
 
 
 def resume_mismatches(saved: dict, current: dict) -> list[str]:

@@ -428,3 +428,11 @@ def load_config(path: str | Path | None, overrides: list[str] = (), kind: type =
 
 def to_dict(config: RunConfig) -> dict:
     return dataclasses.asdict(config)
+
+
+def without_new_unset(saved, current):
+    """`current` without the keys that `saved` lacks while they are unset (None) in `current`, at every depth:
+    settings written before an optional field existed compare equal to the same settings now."""
+    if not (isinstance(saved, dict) and isinstance(current, dict)):
+        return current
+    return {k: without_new_unset(saved.get(k), v) for k, v in current.items() if k in saved or v is not None}

@@ -1,8 +1,10 @@
 """The learning grid's summary, on scripted run folders: per-cell gains and their interval equal a hand
-computation; a run is reused only with the arguments it ran with; missing cells say so."""
+computation; a run is reused only with the config it ran with; missing cells say so."""
 
 import json
 import math
+
+import yaml
 
 from cluster.bench.learning import METHODS, finished, main, recorded, run_arguments, slug
 
@@ -61,3 +63,22 @@ def test_grid_summary_matches_hand_computation(tmp_path, capsys):
     assert finished(run_dir, arguments, STEPS) is not None
     assert finished(run_dir, arguments + ["learner.learning_rate=0.1"], STEPS) is None
     assert finished(run_dir, arguments, STEPS + 10) is None
+
+
+def test_a_run_is_reused_by_the_config_it_ran_with(tmp_path):
+    from cluster.config import load_config, to_dict
+
+    run_dir, arguments = script_run(tmp_path, 8, 0, "motif, 3 rounds", 0, 0.5, 0.6)
+    saved = to_dict(load_config(arguments[1], [*arguments[2:], f"output_dir={run_dir.resolve()}"]))
+    assert saved["data"]["limit"] is None
+    del saved["data"]["limit"]  # written before the field existed: reused while it is unset
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+    demo_alpha = f"learner.lora_alpha={saved['learner']['lora_alpha']}"
+
+    # Arguments that spell out what the run ran with resolve to its config; other settings do not.
+    assert finished(run_dir, [*arguments, demo_alpha], STEPS) is not None
+    assert finished(run_dir, [*arguments, "learner.lora_alpha=3"], STEPS) is None
+    # A default that changed since the run (here: the demo's learning rate) makes it stale.
+    saved["learner"]["learning_rate"] /= 2
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+    assert finished(run_dir, [*arguments, demo_alpha], STEPS) is None

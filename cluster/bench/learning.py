@@ -12,8 +12,8 @@ held-out questions in its own protocol and budget, at step 0 and at the last ste
     python -m cluster.bench.learning --operations 4 6 8 10 --warm-starts 0 1 --seeds 0 1 2 --steps 30
 
 Runs go to --out/ops<d>/ws<w>/<method>-seed<s>, each with its log and the arguments it ran with. A rerun with
-the same --out reuses every run that finished with the same arguments, so an interrupted grid continues where
-it stopped; --report only summarises the finished runs. Prints a JSON document and a table, and writes
+the same --out reuses every run that finished with the same resolved config, so an interrupted grid continues
+where it stopped; --report only summarises the finished runs. Prints a JSON document and a table, and writes
 results.json and grid.png (a heat-map of the gains) to --out. Extra key=value arguments override the demo
 config for every run (e.g. rollout.max_tokens=40).
 """
@@ -74,13 +74,30 @@ def read_rows(metrics: Path) -> list[dict]:
     return [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.is_file() else []
 
 
+def same_config(run_dir: Path, arguments: list[str]) -> bool:
+    """Whether the run in run_dir trained with the config these arguments resolve to (its config.yaml): a
+    default that changed since makes the run stale, and arguments that spell out what it ran with match it."""
+    import yaml
+
+    from cluster.config import load_config, to_dict, without_new_unset
+
+    saved_path = run_dir / "config.yaml"
+    if not saved_path.is_file():
+        return False
+    saved = yaml.safe_load(saved_path.read_text())
+    now = to_dict(load_config(arguments[1], [*arguments[2:], f"output_dir={run_dir.resolve()}"]))
+    return saved == without_new_unset(saved, now)
+
+
 def recorded(run_dir: Path, arguments: list[str]) -> dict | None:
-    """The record of a run with these arguments, finished or failed, else None."""
+    """The record of a run with these arguments (or ones resolving to its config), finished or failed, else
+    None."""
     record_path = run_dir / "benchmark.json"
     if not record_path.is_file():
         return None
     record = json.loads(record_path.read_text())
-    return record | {"run_dir": str(run_dir)} if record.get("arguments") == arguments else None
+    matches = record.get("arguments") == arguments or same_config(run_dir, arguments)
+    return record | {"run_dir": str(run_dir)} if matches else None
 
 
 def finished(run_dir: Path, arguments: list[str], steps: int) -> dict | None:
