@@ -205,14 +205,18 @@ class RunConfig:
                               "distribution, so round-1 samples must come from it (continuation_top_p may be lower)")
         if not 0 < r.continuation_top_p <= 1 or not 0 < e.top_p <= 1:
             raise ConfigError("rollout.continuation_top_p and eval.top_p must be in (0, 1]")
-        if self.learner.credit == "every_round" and r.rounds > 1 and r.continuations < 2:
-            raise ConfigError("learner.credit=every_round ranks a sample's continuations against each other: it "
-                              f"needs rollout.continuations >= 2, got {r.continuations}")
-        if self.learner.credit == "every_round" and (r.continuation_top_p != 1 or r.continuation_policy != "current"):
-            raise ConfigError("learner.credit=every_round trains the continuation rounds: they must be sampled from "
-                              "the full distribution (rollout.continuation_top_p=1) of the policy being trained "
-                              f"(rollout.continuation_policy=current), got {r.continuation_top_p}, "
-                              f"{r.continuation_policy!r}")
+        if self.learner.credit == "every_round" and r.rounds > 1:
+            # The default trains the continuation rounds; learner.credit=first_round (MOTIF as published) does not.
+            if r.continuations < 2:
+                raise ConfigError("learner.credit=every_round ranks a sample's continuations against each other: "
+                                  f"it needs rollout.continuations >= 2, got {r.continuations} (or set "
+                                  "learner.credit=first_round to train round 1 only)")
+            if r.continuation_top_p != 1 or r.continuation_policy != "current":
+                raise ConfigError("learner.credit=every_round trains the continuation rounds: they must be sampled "
+                                  "from the full distribution (rollout.continuation_top_p=1) of the policy being "
+                                  f"trained (rollout.continuation_policy=current), got {r.continuation_top_p}, "
+                                  f"{r.continuation_policy!r} (or set learner.credit=first_round to train round 1 "
+                                  "only)")
         if (e.temperature is not None and e.temperature < 0) or e.n < 1 or e.every < 0 or (e.rounds is not None and e.rounds < 1):
             raise ConfigError("eval: temperature must be >= 0, n and rounds >= 1, every >= 0")
         if not 0 <= e.max_failed_fraction < 1:

@@ -39,9 +39,10 @@ class LearnerConfig:
     advantage_estimator: str = "grpo"
     norm_adv_by_std: bool = True
     policy_loss: str = "clipped"
-    # Which rounds are trained (learner.credit.CREDIT): "first_round" (MOTIF: round 1, by future accuracy) or
-    # "every_round" (the continuation rounds too, by their own chain's answer)
-    credit: str = "first_round"
+    # Which rounds are trained (learner.credit.CREDIT): "every_round" (round 1 by future accuracy, and the
+    # continuation rounds by their own chain's answer: it held at every difficulty of the learning grid) or
+    # "first_round" (MOTIF as published: round 1 only)
+    credit: str = "every_round"
     seed: int = 0
 
     def validate(self) -> None:

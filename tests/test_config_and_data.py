@@ -112,5 +112,10 @@ def test_training_every_round_needs_continuations_from_the_trained_policy():
     with pytest.raises(ConfigError, match="continuation_policy=current"):
         load_config("demo", ["learner.credit=every_round", "rollout.continuation_policy=frozen_base"])
     with pytest.raises(ConfigError, match="continuations >= 2"):
-        load_config("demo", ["learner.credit=every_round", "rollout.continuations=1"])
-    assert load_config("demo", ["learner.credit=every_round"]).learner.credit == "every_round"
+        load_config("demo", ["rollout.continuations=1"])  # every_round is the default
+    assert load_config("demo").learner.credit == "every_round"
+    # Round 1 alone is trained from any continuations, and one round has none to train.
+    assert load_config("demo", ["learner.credit=first_round", "rollout.continuation_policy=frozen_base",
+                                "rollout.continuation_top_p=0.9", "rollout.continuations=1"]).learner.credit == "first_round"
+    assert load_config("demo", ["rollout.rounds=1", "rollout.continuation_top_p=0.9"]).rollout.rounds == 1
+    assert load_config("motif-qwen2.5-3b-gsm8k").learner.credit == "first_round"  # the paper's setting

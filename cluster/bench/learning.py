@@ -36,13 +36,15 @@ from tqdm import tqdm
 
 from cluster.evaluation import t_quantile
 
+# Every method takes one optimizer step per step (mini_batch_size: all the samples a step trains).
+ROUND_1_ONLY = ["learner.credit=first_round", "learner.mini_batch_size=32"]
 METHODS = {
-    "grpo, 1 round": ["rollout.rounds=1"],
-    "motif, 3 rounds": ["rollout.rounds=3"],
+    "grpo, 1 round": ["rollout.rounds=1", *ROUND_1_ONLY],
+    "motif, 3 rounds": ["rollout.rounds=3", *ROUND_1_ONLY],
     # The same total token budget as MOTIF's three rounds, in one round: what rounds cost or buy.
-    "grpo, 1 round x3 budget": ["rollout.rounds=1", "rollout.max_tokens=120", "eval.max_tokens=120"],
-    # MOTIF with the continuation rounds trained too (learner.credit), in one optimizer step per step as the
-    # others: B*m round-1 samples and up to B*m*k*(R-1) continuation rounds.
+    "grpo, 1 round x3 budget": ["rollout.rounds=1", "rollout.max_tokens=120", "eval.max_tokens=120", *ROUND_1_ONLY],
+    # MOTIF with the continuation rounds trained too: B*m round-1 samples and up to B*m*k*(R-1) continuation
+    # rounds.
     "motif, every round": ["rollout.rounds=3", "learner.credit=every_round", "learner.mini_batch_size=160",
                            "learner.micro_batch_size=16"],
 }
