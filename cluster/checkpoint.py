@@ -55,7 +55,7 @@ RESUME_FIELDS = (
     "rollout.continuations", "rollout.rounds", "rollout.temperature", "rollout.continuation_temperature",
     "rollout.top_p", "rollout.continuation_top_p", "rollout.max_tokens", "rollout.continuation_policy",
     "rollout.dtype", "rollout.seed", "rollout.num_workers", "reward", "learner.lora_rank", "learner.lora_alpha",
-    "learner.target_modules", "learner.seed",
+    "learner.target_modules", "learner.seed", "learner.credit",
 )
 # Recorded with them, checked by `layout_mismatches`: how the learner's DeepSpeed state lies on disk. At ZeRO 0
 # the optimizer state is whole in rank 0's file and DeepSpeed loads it on any number of ranks (tested: a 2-rank

@@ -437,6 +437,8 @@ def to_dict(config: RunConfig) -> dict:
 def without_new_unset(saved, current):
     """`current` without the keys that `saved` lacks while they are unset (None) in `current`, at every depth:
     settings written before an optional field existed compare equal to the same settings now."""
+    if isinstance(saved, list) and isinstance(current, list) and len(saved) == len(current):
+        return [without_new_unset(was, now) for was, now in zip(saved, current)]  # e.g. the reward terms
     if not (isinstance(saved, dict) and isinstance(current, dict)):
         return current
     return {k: without_new_unset(saved.get(k), v) for k, v in current.items() if k in saved or v is not None}

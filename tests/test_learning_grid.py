@@ -69,16 +69,23 @@ def test_a_run_is_reused_by_the_config_it_ran_with(tmp_path):
     from cluster.config import load_config, to_dict
 
     run_dir, arguments = script_run(tmp_path, 8, 0, "motif, 3 rounds", 0, 0.5, 0.6)
-    saved = to_dict(load_config(arguments[1], [*arguments[2:], f"output_dir={run_dir.resolve()}"]))
+    assert arguments[-2:] == ["learner.mini_batch_size=32", "learner.micro_batch_size=16"]  # B*m: one step a step
+    saved = to_dict(load_config(arguments[1], [*arguments[2:], "output_dir=/elsewhere"]))  # the grid was moved
     assert saved["data"]["limit"] is None
     del saved["data"]["limit"]  # written before the field existed: reused while it is unset
     (run_dir / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
     demo_alpha = f"learner.lora_alpha={saved['learner']['lora_alpha']}"
 
     # Arguments that spell out what the run ran with resolve to its config; other settings do not.
+    assert finished(run_dir, arguments, STEPS) is not None
     assert finished(run_dir, [*arguments, demo_alpha], STEPS) is not None
     assert finished(run_dir, [*arguments, "learner.lora_alpha=3"], STEPS) is None
-    # A default that changed since the run (here: the demo's learning rate) makes it stale.
+    # A default that changed since the run (here: the demo's learning rate) makes it stale, same arguments or not.
     saved["learner"]["learning_rate"] /= 2
     (run_dir / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
-    assert finished(run_dir, [*arguments, demo_alpha], STEPS) is None
+    assert finished(run_dir, arguments, STEPS) is None
+
+
+def test_every_round_trains_all_rounds_in_one_optimizer_step():
+    arguments = run_arguments("demo", 6, 0, "motif, every round", 0, STEPS, STEPS, ["rollout.prompts_per_step=2"])
+    assert arguments[-2:] == ["learner.mini_batch_size=80", "learner.micro_batch_size=16"]  # 2*8*(1 + 2*2)

@@ -32,21 +32,20 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import yaml
 from tqdm import tqdm
 
+from cluster.config import ConfigError, load_config, to_dict, without_new_unset
 from cluster.evaluation import t_quantile
 
-# Every method takes one optimizer step per step (mini_batch_size: all the samples a step trains).
-ROUND_1_ONLY = ["learner.credit=first_round", "learner.mini_batch_size=32"]
 METHODS = {
-    "grpo, 1 round": ["rollout.rounds=1", *ROUND_1_ONLY],
-    "motif, 3 rounds": ["rollout.rounds=3", *ROUND_1_ONLY],
+    "grpo, 1 round": ["rollout.rounds=1", "learner.credit=first_round"],
+    "motif, 3 rounds": ["rollout.rounds=3", "learner.credit=first_round"],
     # The same total token budget as MOTIF's three rounds, in one round: what rounds cost or buy.
-    "grpo, 1 round x3 budget": ["rollout.rounds=1", "rollout.max_tokens=120", "eval.max_tokens=120", *ROUND_1_ONLY],
-    # MOTIF with the continuation rounds trained too: B*m round-1 samples and up to B*m*k*(R-1) continuation
-    # rounds.
-    "motif, every round": ["rollout.rounds=3", "learner.credit=every_round", "learner.mini_batch_size=160",
-                           "learner.micro_batch_size=16"],
+    "grpo, 1 round x3 budget": ["rollout.rounds=1", "rollout.max_tokens=120", "eval.max_tokens=120",
+                                "learner.credit=first_round"],
+    # MOTIF with the continuation rounds trained too.
+    "motif, every round": ["rollout.rounds=3", "learner.credit=every_round"],
 }
 
 
@@ -64,41 +63,51 @@ def slug(method: str) -> str:
 
 def run_arguments(config: str, operations: int, warm_start: int, method: str, seed: int, steps: int, every: int,
                   overrides: list[str], warm_start_operations: list[int] | None = None) -> list[str]:
-    """The `motif train` arguments of one run (without its output folder)."""
+    """The `motif train` arguments of one run (without its output folder). Every method takes one optimizer
+    step per step, so the mini-batch is all the samples a step trains (after the overrides)."""
     shared = [f"model.warm_start.operations=[{','.join(map(str, warm_start_operations))}]"] \
         if warm_start_operations else []
-    return ["--config", config, f"steps={steps}", f"eval.every={every}", f"data.toy.operations={operations}",
-            f"model.warm_start.seed={warm_start}", *shared, f"rollout.seed={seed}", f"learner.seed={seed}",
-            f"data.shuffle_seed={seed}", *METHODS[method], *overrides]
-
-
+    arguments = ["--config", config, f"steps={steps}", f"eval.every={every}", f"data.toy.operations={operations}",
+                 f"model.warm_start.seed={warm_start}", *shared, f"rollout.seed={seed}", f"learner.seed={seed}",
+                 f"data.shuffle_seed={seed}", *METHODS[method], *overrides]
+    resolved = load_config(config, arguments[2:])
+    r, learner = resolved.rollout, resolved.learner
+    trained = r.prompts_per_step * r.samples_per_prompt  # round 1, plus every continuation round if trained
+    if learner.credit == "every_round" and r.rounds > 1:
+        trained *= 1 + r.continuations * (r.rounds - 1)
+    return [*arguments, f"learner.mini_batch_size={trained}",
+            f"learner.micro_batch_size={math.gcd(trained, learner.micro_batch_size)}"]
 def read_rows(metrics: Path) -> list[dict]:
     return [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.is_file() else []
 
 
-def same_config(run_dir: Path, arguments: list[str]) -> bool:
-    """Whether the run in run_dir trained with the config these arguments resolve to (its config.yaml): a
-    default that changed since makes the run stale, and arguments that spell out what it ran with match it."""
-    import yaml
-
-    from cluster.config import load_config, to_dict, without_new_unset
-
-    saved_path = run_dir / "config.yaml"
-    if not saved_path.is_file():
-        return False
-    saved = yaml.safe_load(saved_path.read_text())
-    now = to_dict(load_config(arguments[1], [*arguments[2:], f"output_dir={run_dir.resolve()}"]))
+def same_config(run_dir: Path, arguments: list[str]) -> bool | None:
+    """Whether the run in run_dir trained with the config these arguments resolve to (its config.yaml, the
+    output folder aside): a default that changed since makes the run stale, and arguments that spell out what
+    it ran with match it. None where the run kept no readable config."""
+    try:
+        saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+        # Through YAML as the run wrote it, so that types compare as they were saved.
+        now = yaml.safe_load(yaml.safe_dump(to_dict(load_config(arguments[1], arguments[2:]))))
+    except (OSError, yaml.YAMLError, ConfigError):
+        return None
+    if not isinstance(saved, dict):
+        return None
+    saved.pop("output_dir", None)
+    now.pop("output_dir", None)
     return saved == without_new_unset(saved, now)
 
 
 def recorded(run_dir: Path, arguments: list[str]) -> dict | None:
-    """The record of a run with these arguments (or ones resolving to its config), finished or failed, else
-    None."""
+    """The record of a run whose config these arguments resolve to (or, where it kept no config, that ran with
+    these arguments), finished or failed, else None."""
     record_path = run_dir / "benchmark.json"
     if not record_path.is_file():
         return None
     record = json.loads(record_path.read_text())
-    matches = record.get("arguments") == arguments or same_config(run_dir, arguments)
+    matches = same_config(run_dir, arguments)
+    if matches is None:
+        matches = record.get("arguments") == arguments
     return record | {"run_dir": str(run_dir)} if matches else None
 
 
@@ -252,6 +261,11 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    try:
+        run_arguments(args.config, args.operations[0], args.warm_starts[0], next(iter(METHODS)), args.seeds[0],
+                      args.steps, args.every or args.steps, args.overrides)
+    except ConfigError as e:  # before hours of runs, not in the first one's log
+        parser.error(str(e))
 
     # RL seeds outermost, then warm starts: a grid stopped early covers every cell with its first seeds from
     # every warm start.

@@ -24,7 +24,7 @@ import ray
 SMALL_RUN = ["model.path=tiny", "data.path=gsm8k", "data.limit=16", "rollout.prompts_per_step=2",
              "rollout.samples_per_prompt=4", "rollout.continuations=2", "rollout.rounds=2", "rollout.max_tokens=48",
              "rollout.dtype=float32", "learner.lora_rank=8", "learner.lora_alpha=16", "learner.mini_batch_size=8",
-             "learner.micro_batch_size=4", "learner.kl_coef=0.01"]
+             "learner.micro_batch_size=4", "learner.kl_coef=0.01", "learner.credit=first_round"]
 ENGINE = {"max_model_len": 512, "dtype": "float32", "seed": 0, "enforce_eager": True}
 
 
