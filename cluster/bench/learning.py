@@ -77,6 +77,8 @@ def run_arguments(config: str, operations: int, warm_start: int, method: str, se
         trained *= 1 + r.continuations * (r.rounds - 1)
     return [*arguments, f"learner.mini_batch_size={trained}",
             f"learner.micro_batch_size={math.gcd(trained, learner.micro_batch_size)}"]
+
+
 def read_rows(metrics: Path) -> list[dict]:
     return [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.is_file() else []
 
@@ -112,7 +114,7 @@ def recorded(run_dir: Path, arguments: list[str]) -> dict | None:
 
 
 def finished(run_dir: Path, arguments: list[str], steps: int) -> dict | None:
-    """The record of a run that finished with these arguments, else None."""
+    """The record of a run that finished with the config these arguments resolve to, else None."""
     record = recorded(run_dir, arguments)
     if record is None or record["returncode"] != 0 or str(steps) not in record["pass@1"]:
         return None
