@@ -9,11 +9,12 @@ one that is ignored and cleaned up.
 Every manifest names the run that wrote it (`run_id`) and the config fields that fix what it samples and in
 what order (RESUME_FIELDS): a fresh run never writes into, prunes or resumes another run's checkpoints, and a
 resume with other such settings is refused field by field. The learner ranks may shrink on resume from a ZeRO-0
-checkpoint (LAYOUT_FIELDS).
+checkpoint (LAYOUT_FIELDS). One process at a time holds a checkpoint folder (a lock file beside it).
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import pickle
@@ -57,6 +58,9 @@ RESUME_FIELDS = (
     "rollout.dtype", "rollout.seed", "rollout.num_workers", "reward", "learner.lora_rank", "learner.lora_alpha",
     "learner.target_modules", "learner.seed", "learner.credit",
 )
+# The value a run used before a resume field was recorded; a field a checkpoint lacks that is not here is refused,
+# since what that run used is unknown.
+BEFORE_RECORDED = {"learner.credit": "first_round"}  # the only credit before learner.credit existed
 # Recorded with them, checked by `layout_mismatches`: how the learner's DeepSpeed state lies on disk. At ZeRO 0
 # the optimizer state is whole in rank 0's file and DeepSpeed loads it on any number of ranks (tested: a 2-rank
 # checkpoint continues on 1 rank to float rounding), but each rank restores its own RNG file: fewer ranks, not
@@ -89,10 +93,18 @@ def _comparable(name: str, saved, current):
 
 
 def resume_mismatches(saved: dict, current: dict) -> list[str]:
-    """'field: checkpoint X, now Y' for each resume field that differs."""
-    differing = [(name, *_comparable(name, saved[name], current[name])) for name in RESUME_FIELDS if name in saved]
-    return [f"{name}: checkpoint {was!r}, now {now!r}" for name, was, now in differing if was != now] \
-        + layout_mismatches(saved, current)
+    """'field: checkpoint X, now Y' for each resume field that differs; one the checkpoint did not record is
+    compared as BEFORE_RECORDED, and refused when it is not there."""
+    mismatches = []
+    for name in RESUME_FIELDS:
+        if name not in saved and name not in BEFORE_RECORDED:
+            mismatches.append(f"{name}: not recorded by the checkpoint, so what its run used is unknown")
+            continue
+        was, now = _comparable(name, saved.get(name, BEFORE_RECORDED.get(name)), current[name])
+        if was != now:
+            note = "" if name in saved else f" (written before {name} was recorded)"
+            mismatches.append(f"{name}: checkpoint {was!r}{note}, now {now!r}")
+    return mismatches + layout_mismatches(saved, current)
 
 
 def layout_mismatches(saved: dict, current: dict) -> list[str]:
@@ -183,12 +195,43 @@ def load_state(folder: Path) -> dict:
     return read_manifest(folder)
 
 
+# Lock file descriptors held until this process exits (the OS then releases them), by lock file.
+_HELD: dict[Path, int] = {}
+
+
+def hold(checkpoints: Checkpoints) -> None:
+    """Take the checkpoint folder for this process, or refuse when another process holds it: that one may be
+    writing a checkpoint this one would clean up, prune or resume. The lock file lies beside the folder, which
+    holds checkpoints only."""
+    lock = checkpoints.root.with_name(checkpoints.root.name + ".lock")
+    if lock in _HELD:
+        return
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise BadInput(f"checkpoint.dir {checkpoints.root}: cannot write {lock} ({e.strerror or e})") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        os.close(fd)
+        pid = f" (PID {holder})" if holder else ""  # the holder writes its PID just after locking
+        raise BadInput(f"checkpoint.dir {checkpoints.root}: another motif process{pid} is using it (lock {lock}); "
+                       "wait for it to end or choose another output_dir; nothing was changed") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    _HELD[lock] = fd
+
+
 def claim(checkpoints: Checkpoints, config: dict, resume: str | None, resume_hint: str) -> tuple[Path | None, str]:
-    """The checkpoint to resume (None: a fresh run) and the run id to write under.
+    """The checkpoint to resume (None: a fresh run) and the run id to write under; the folder is this process's
+    from then on (`hold`), and what a crash left in it is removed.
 
     A fresh run stops when the folder holds another run's checkpoints, rather than pruning or later resuming
-    them by accident; a resume stops when a RESUME_FIELDS setting differs from the checkpoint's."""
-    checkpoints.clean()
+    them by accident; a resume stops when a RESUME_FIELDS setting differs from the checkpoint's. Either stops
+    before anything in the folder changes."""
+    hold(checkpoints)
     folder = checkpoints.resolve(resume) if resume else None
     if folder is None:
         existing = checkpoints.complete()
@@ -196,10 +239,14 @@ def claim(checkpoints: Checkpoints, config: dict, resume: str | None, resume_hin
             raise BadInput(f"checkpoint.dir {checkpoints.root}: holds another run's checkpoints ("
                            f"{', '.join(p.name for p in existing)}); continue that run with --resume auto, or "
                            "choose another output_dir (or checkpoint.dir); nothing was changed")
-        return None, uuid.uuid4().hex[:12]
-    manifest = read_manifest(folder)
-    mismatches = resume_mismatches(manifest.get("config", {}), resume_fields(config))
-    if mismatches:
-        raise BadInput(f"--resume {folder}: the checkpoint was written with other settings ({'; '.join(mismatches)}); "
-                       f"resume with the run's own settings ({resume_hint}) or start a new run in another output_dir")
-    return folder, manifest.get("run_id") or uuid.uuid4().hex[:12]
+        run_id = uuid.uuid4().hex[:12]
+    else:
+        manifest = read_manifest(folder)
+        mismatches = resume_mismatches(manifest.get("config", {}), resume_fields(config))
+        if mismatches:
+            raise BadInput(f"--resume {folder}: the checkpoint was written with other settings "
+                           f"({'; '.join(mismatches)}); resume with the run's own settings ({resume_hint}) or start "
+                           "a new run in another output_dir")
+        run_id = manifest.get("run_id") or uuid.uuid4().hex[:12]
+    checkpoints.clean()
+    return folder, run_id

@@ -27,7 +27,7 @@ from cluster.spec import motif_spec
 from cluster.workers import colocated_on_gpu, start_ray
 from learner.files import write_files
 from learner.credit import CREDIT
-from learner.losses import ADVANTAGE_ESTIMATORS
+from learner.advantages import ADVANTAGE_ESTIMATORS
 from rewards import RewardSample, build_rewards, score_samples
 from rollout.engine import ABORTED, PROMPT_TOO_LONG
 from rollout.protocols import MotifSpec, motif_response_format

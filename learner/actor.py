@@ -13,7 +13,8 @@ import torch
 from learner.config import LearnerConfig
 from learner.deepspeed_config import deepspeed_config, lr_schedule
 from learner.files import replace_directory, write_files
-from learner.losses import POLICY_LOSSES, k3_kl
+from learner.batching import plan_batch
+from learner.objectives import OBJECTIVES
 from learner.policy import load_policy, pad_batch, token_logprobs
 from learner.records import SFTSample, TrainSample
 from learner.rendezvous import interface_of, rendezvous_address, tcp_store
@@ -135,41 +136,36 @@ class GRPOLearner:
         the partitioned weights in every forward, and backward)."""
         return self._logprobs([TrainSample([self.pad_id], [self.pad_id], 0.0)], with_adapter=with_adapter)[0]
 
-    def _micro_batches(self, samples: Sequence) -> list[list]:
-        size = self.config.micro_batch_size
-        return [list(samples[i : i + size]) for i in range(0, len(samples), size)]
-
-    def _plan(self, samples: Sequence) -> list[tuple[list[list[int]], int]]:
+    def _plan(self, samples: Sequence) -> list:
         """One rank alone: the batch as (micro-batches of indices, token count) per mini-batch."""
-        size = self.config.mini_batch_size
-        minis = [range(i, min(i + size, len(samples))) for i in range(0, len(samples), size)]
-        return [(self._micro_batches(m), sum(len(samples[i].completion_ids) for i in m)) for m in minis]
+        _, (plan,) = plan_batch(samples, 1, self.config.mini_batch_size, self.config.micro_batch_size)
+        return plan
 
-    def _update(self, samples: list, micros: list[list[int]], mini_tokens: int, micro_loss) -> tuple[dict[str, float], float | None]:
+    def _update(self, samples: list, micros: list[list[int]], mini_tokens: int, micro_loss,
+                metric_keys: tuple[str, ...]) -> tuple[dict[str, float], float | None]:
         """One optimizer step on this rank's share of a mini-batch, accumulated over its micro-batches (lists of
         indices into `samples`).
 
-        `micro_loss(indices, logprobs, mask)` gives per-token losses and extra per-token statistics. The loss is a
-        token mean over the whole mini-batch on all ranks (`mini_tokens`), however it is split: DeepSpeed
-        averages gradients over ranks, so each rank's sum is scaled by the world size. An empty micro-batch
-        (padding, so that every rank makes the same calls) contributes nothing. Returns the statistics' token
-        sums on this rank and the pre-clip gradient norm.
+        `micro_loss(indices, logprobs, mask, normalizer)` gives the micro-batch's share of the mini-batch loss
+        and its metrics' token sums. DeepSpeed averages gradients over ranks, so each rank's share is scaled by
+        the world size. An empty micro-batch (padding, so that every rank makes the same calls) contributes
+        nothing. Returns the statistics' token sums on this rank, every one of `metric_keys` included, and the
+        pre-clip gradient norm.
         """
         mini_tokens = max(mini_tokens, 1)
-        sums: dict[str, float] = {"loss": 0.0, "tokens": 0.0}
+        sums: dict[str, float] = {"loss": 0.0, "tokens": 0.0, **{key: 0.0 for key in metric_keys}}
         grad_norm = None
         for i, micro in enumerate(micros):
             boundary = i == len(micros) - 1
             self.engine.set_gradient_accumulation_boundary(boundary)
             if micro:
                 logprobs, mask = self._logprobs([samples[j] for j in micro])
-                per_token, stats = micro_loss(micro, logprobs, mask)
-                loss = (per_token * mask).sum() / mini_tokens
+                loss, stats = micro_loss(micro, logprobs, mask, mini_tokens)
                 self.engine.backward(loss * self.world_size, scale_wrt_gas=False)
                 sums["loss"] += float(loss.detach()) * mini_tokens
                 sums["tokens"] += float(mask.sum())
                 for key, value in stats.items():
-                    sums[key] = sums.get(key, 0.0) + float((value.detach() * mask).sum())
+                    sums[key] += float(value.detach())
             else:
                 self.engine.backward(self._idle_logprobs().sum() * 0.0, scale_wrt_gas=False)
             if boundary and self._plain_fp32:
@@ -201,23 +197,31 @@ class GRPOLearner:
         logprobs = self._sample_logprobs(samples, self._plan(samples), with_adapter=True)
         return [logprobs[i].tolist() for i in range(len(samples))]
 
-    def train_step(self, samples: Sequence[TrainSample], plan: list[tuple[list[list[int]], int]] | None = None) -> dict[str, float]:
-        """One GRPO update pass over the batch: one optimizer step per mini-batch.
+    def train_step(self, samples: Sequence[TrainSample], plan: list | None = None) -> dict[str, float]:
+        """One update pass of the configured objective (`learner.policy_loss`) over the batch: one optimizer
+        step per mini-batch.
 
         Alone, a rank splits `samples` itself. In a group, `plan` gives this rank's share of every mini-batch as
         micro-batches of indices into `samples`, with the mini-batch's token count over all ranks.
         """
-        cfg = self.config
-        samples = list(samples)
+        return self._step(list(samples), plan, self.config.policy_loss)
+
+    def sft_step(self, samples: Sequence[SFTSample]) -> dict[str, float]:
+        """Supervised steps on (prompt, response) pairs: the `sft` objective, one optimizer step per mini-batch."""
+        return self._step(list(samples), None, "sft")
+
+    def _step(self, samples: list, plan: list | None, objective_name: str) -> dict[str, float]:
+        cfg, objective = self.config, OBJECTIVES[objective_name]
         if plan is None:
             if not samples:
-                raise ValueError("train_step got an empty batch")
+                raise ValueError(f"{objective_name} step got an empty batch")
             plan = self._plan(samples)
+        needs = objective.needs(cfg)
         # Old logprobs: with one mini-batch the policy has not moved when each sample is scored, so the ratio
         # is exactly 1 and no separate pass is needed.
-        old = self._sample_logprobs(samples, plan, with_adapter=True) if len(plan) > 1 else None
-        ref = self._sample_logprobs(samples, plan, with_adapter=False) if cfg.kl_coef else None
-        policy_loss = POLICY_LOSSES[cfg.policy_loss]
+        old = self._sample_logprobs(samples, plan, with_adapter=True) if "old_logprobs" in needs and len(plan) > 1 else None
+        ref = self._sample_logprobs(samples, plan, with_adapter=False) if "ref_logprobs" in needs else None
+        options = objective.options(cfg)
 
         def by_sample(table, indices, mask):
             padded = torch.zeros_like(mask)
@@ -225,31 +229,22 @@ class GRPOLearner:
                 padded[row, mask[row].bool()] = table[index]
             return padded
 
-        def grpo_loss(indices, logprobs, mask):
-            old_lp = logprobs.detach() if old is None else by_sample(old, indices, mask)
-            adv = torch.tensor([samples[i].advantage for i in indices], dtype=torch.float32, device=self.device)[:, None]
-            per_token, clipped = policy_loss(logprobs, old_lp, adv, clip_low=cfg.clip_low, clip_high=cfg.clip_high)
-            if ref is None:
-                return per_token, {"clip_frac": clipped}
-            kl = k3_kl(logprobs, by_sample(ref, indices, mask))
-            return per_token + cfg.kl_coef * kl, {"kl": kl, "clip_frac": clipped}
+        def micro_loss(indices, logprobs, mask, normalizer):
+            inputs = {}
+            if "old_logprobs" in needs:
+                inputs["old_logprobs"] = logprobs.detach() if old is None else by_sample(old, indices, mask)
+            if "advantages" in needs:
+                inputs["advantages"] = torch.tensor([samples[i].advantage for i in indices], dtype=torch.float32,
+                                                    device=self.device)[:, None]
+            if ref is not None:
+                inputs["ref_logprobs"] = by_sample(ref, indices, mask)
+            return objective.loss(logprobs, mask, normalizer=normalizer, **inputs, **options)
 
-        return self._run_plan(samples, plan, grpo_loss)
-
-    def sft_step(self, samples: Sequence[SFTSample]) -> dict[str, float]:
-        """Supervised steps on (prompt, response) pairs: token-mean NLL of the response tokens, one optimizer
-        step per mini-batch."""
-        if not samples:
-            raise ValueError("sft_step got an empty batch")
-        samples = list(samples)
-        return self._run_plan(samples, self._plan(samples), lambda indices, logprobs, mask: (-logprobs, {}))
-
-    def _run_plan(self, samples: list, plan, micro_loss) -> dict[str, float]:
         self.engine.train()
         totals: dict[str, float] = {}
         grad_norms = []
         for micros, mini_tokens in plan:
-            sums, grad_norm = self._update(samples, micros, mini_tokens, micro_loss)
+            sums, grad_norm = self._update(samples, micros, mini_tokens, micro_loss, objective.metrics(cfg))
             for key, value in sums.items():
                 totals[key] = totals.get(key, 0.0) + value
             if grad_norm is not None:

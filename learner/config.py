@@ -38,7 +38,8 @@ class LearnerConfig:
     kl_coef: float = 0.0
     advantage_estimator: str = "grpo"
     norm_adv_by_std: bool = True
-    policy_loss: str = "clipped"
+    policy_loss: str = "clipped"  # the objective (learner.objectives.OBJECTIVES)
+    loss_aggregation: str = "token_mean"  # how per-token losses become one (learner.objectives.aggregation)
     # Which rounds are trained (learner.credit.CREDIT): "every_round" (round 1 by future accuracy, and the
     # continuation rounds by their own chain's answer: it held at every difficulty of the learning grid) or
     # "first_round" (MOTIF as published: round 1 only)
@@ -47,7 +48,9 @@ class LearnerConfig:
 
     def validate(self) -> None:
         from learner.credit import CREDIT
-        from learner.losses import ADVANTAGE_ESTIMATORS, POLICY_LOSSES
+        from learner.advantages import ADVANTAGE_ESTIMATORS
+        from learner.objectives import OBJECTIVES
+        from learner.objectives.aggregation import AGGREGATIONS
 
         if self.finetune not in ("lora", "full"):
             raise ValueError(f"learner.finetune must be 'lora' or 'full', got {self.finetune!r}")
@@ -71,8 +74,10 @@ class LearnerConfig:
             )
         if self.advantage_estimator not in ADVANTAGE_ESTIMATORS:
             raise ValueError(f"learner.advantage_estimator {self.advantage_estimator!r} is not one of {sorted(ADVANTAGE_ESTIMATORS)}")
-        if self.policy_loss not in POLICY_LOSSES:
-            raise ValueError(f"learner.policy_loss {self.policy_loss!r} is not one of {sorted(POLICY_LOSSES)}")
+        if self.policy_loss not in OBJECTIVES:
+            raise ValueError(f"learner.policy_loss {self.policy_loss!r} is not one of {sorted(OBJECTIVES)}")
+        if self.loss_aggregation not in AGGREGATIONS:
+            raise ValueError(f"learner.loss_aggregation {self.loss_aggregation!r} is not one of {list(AGGREGATIONS)}")
         if self.credit not in CREDIT:
             raise ValueError(f"learner.credit {self.credit!r} is not one of {sorted(CREDIT)}")
         if self.learning_rate < 0 or self.kl_coef < 0:

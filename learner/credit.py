@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from learner.losses import registrar
+from learner.registry import registrar
 from learner.records import TrainSample
 from rollout.records import MotifTrajectory
 

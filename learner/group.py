@@ -10,9 +10,9 @@ from collections.abc import Callable, Sequence
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError
 
+from learner.batching import plan_batch
 from learner.records import TrainSample
 from rollout.failures import WorkerStartFailed, failure_cause
-from rollout.pool import balance
 
 
 class LearnerDied(RuntimeError):
@@ -25,27 +25,6 @@ def rendezvous() -> str:
     from learner.rendezvous import rendezvous_address
 
     return rendezvous_address(ray.util.get_node_ip_address())
-
-
-def shard_plan(samples: Sequence[TrainSample], ranks: int, mini_batch_size: int, micro_batch_size: int):
-    """Each rank's samples and plan: every mini-batch split across ranks with balanced token counts, then into
-    micro-batches; ranks with fewer micro-batches get empty ones, so all make the same collective calls (in the
-    update and in the old/reference logprob passes, which run over the same micro-batches)."""
-    local: list[list[TrainSample]] = [[] for _ in range(ranks)]
-    plans: list[list] = [[] for _ in range(ranks)]
-    for start in range(0, len(samples), mini_batch_size):
-        mini = list(range(start, min(start + mini_batch_size, len(samples))))
-        parts = balance([len(samples[i].completion_ids) + len(samples[i].prompt_ids) / 4 for i in mini], ranks)
-        micros_per_rank = []
-        for r, part in enumerate(parts):
-            indices = list(range(len(local[r]), len(local[r]) + len(part)))
-            local[r] += [samples[mini[i]] for i in part]
-            micros_per_rank.append([indices[j : j + micro_batch_size] for j in range(0, len(indices), micro_batch_size)])
-        depth = max(len(m) for m in micros_per_rank)
-        tokens = sum(len(samples[i].completion_ids) for i in mini)
-        for r, micros in enumerate(micros_per_rank):
-            plans[r].append((micros + [[] for _ in range(depth - len(micros))], tokens))
-    return local, plans
 
 
 class LearnerGroup:
@@ -79,7 +58,7 @@ class LearnerGroup:
             raise WorkerStartFailed(f"a learner rank failed to start: {failure_cause(e)}") from None
 
     def train_step(self, samples: Sequence[TrainSample]) -> dict[str, float]:
-        local, plans = shard_plan(samples, len(self.ranks), self.mini_batch_size, self.micro_batch_size)
+        local, plans = plan_batch(samples, len(self.ranks), self.mini_batch_size, self.micro_batch_size)
         refs = [rank.train_step.remote(part, plan) for rank, part, plan in zip(self.ranks, local, plans)]
         return self._get(refs, "the update")[0]  # every rank returns the group's sums
 

@@ -9,7 +9,7 @@ import random
 import pytest
 
 from cluster.config import load_config
-from learner.group import shard_plan
+from learner.batching import plan_batch
 from learner.records import TrainSample
 
 # float32 on CPU: ranks sum gradients in another order than one rank does. The losses and the gradient norm
@@ -45,7 +45,7 @@ def unequal_batch() -> list[TrainSample]:
 
 def test_shard_plan_covers_every_sample_once_with_matching_calls():
     samples = batch(count=7)
-    local, plans = shard_plan(samples, ranks=3, mini_batch_size=4, micro_batch_size=1)
+    local, plans = plan_batch(samples, ranks=3, mini_batch_size=4, micro_batch_size=1)
     assert sorted(map(id, (s for part in local for s in part))) == sorted(map(id, samples))
     for mini in zip(*plans):  # every rank makes as many micro-steps per mini-batch, and agrees on its tokens
         assert len({len(micros) for micros, _ in mini}) == 1 and len({tokens for _, tokens in mini}) == 1
@@ -79,7 +79,7 @@ def one_step(tiny_model, ranks: int, zero_stage: int):
     group = start_learner_group(config, tiny_model, "")
     try:
         group.wait_ready(CALL_TIMEOUT_S)
-        local, plans = shard_plan(unequal_batch(), ranks, config.learner.mini_batch_size, config.learner.micro_batch_size)
+        local, plans = plan_batch(unequal_batch(), ranks, config.learner.mini_batch_size, config.learner.micro_batch_size)
         if ranks == 2:
             assert sorted(map(len, local)) == [2, 5], "the shards are not as unequal as the test means"
         refs = [rank.train_step.remote(part, plan) for rank, part, plan in zip(group.ranks, local, plans)]

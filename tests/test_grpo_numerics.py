@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from learner.losses import clipped_policy_loss, grpo_advantages, k3_kl
+from learner.advantages import grpo_advantages
+from learner.objectives.clipped import clipped_surrogate, k3_kl
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -66,7 +67,7 @@ def test_clipped_loss_and_kl_match_float64_reference():
     ref = logp + (torch.rand(3, 5, generator=gen, dtype=torch.float64) - 0.5) * 0.4
     adv = torch.tensor([1.5, -0.7, 0.0], dtype=torch.float64)
     mask = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.float64)
-    per_token, clipped = clipped_policy_loss(logp, old, adv[:, None], clip_low=0.2, clip_high=0.2)
+    per_token, clipped = clipped_surrogate(logp, old, adv[:, None], clip_low=0.2, clip_high=0.2)
     loss = masked_mean(per_token + 0.1 * k3_kl(logp, ref), mask)
     want = reference_loss(logp.tolist(), old.tolist(), ref.tolist(), adv.tolist(), mask.tolist(), 0.2, 0.1)
     assert float(loss) == pytest.approx(want, rel=1e-12)
@@ -86,7 +87,6 @@ def test_every_round_credit_trains_each_chain_by_its_own_answer():
     correctness normalised among the sample's k chains, at the continuation temperature; chains that all agree
     carry no signal."""
     from learner.credit import CREDIT
-    from learner.losses import grpo_advantages
     from rollout.records import Completion, MotifTrajectory
 
     def completion(prompt: int, text: str) -> Completion:

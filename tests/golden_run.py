@@ -1,0 +1,44 @@
+"""A `motif train` run that also records what reached the learner, for the behaviour-unchanged test.
+
+    python -m tests.golden_run OUT.json [train arguments...]
+
+OUT.json holds the run's per-step metrics (timings left out: they are the only part that is not a function of
+the config) and, per step, every trained sample: prompt and completion token ids, advantage and temperature,
+in the order the learner received them.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+TIMING_PREFIXES = ("time_",)
+
+
+def record(out: Path, argv: list[str]) -> int:
+    from cluster.workers import close_local_ray
+
+    close_local_ray()  # before Ray is imported, as the CLI does
+    from cluster import cli
+    from learner.group import LearnerGroup
+
+    original = LearnerGroup.train_step
+    trained: list[list[dict]] = []
+
+    def recording(self, samples, *args, **kwargs):
+        trained.append([{"prompt_ids": list(s.prompt_ids), "completion_ids": list(s.completion_ids),
+                         "advantage": s.advantage, "temperature": s.temperature} for s in samples])
+        return original(self, samples, *args, **kwargs)
+
+    LearnerGroup.train_step = recording
+    code = cli.main(["train", *argv])
+    run_dir = Path(next(a.split("=", 1)[1] for a in argv if a.startswith("output_dir=")))
+    metrics = [{k: v for k, v in json.loads(line).items() if not k.startswith(TIMING_PREFIXES)}
+               for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    out.write_text(json.dumps({"metrics": metrics, "trained": trained}, indent=1, sort_keys=True) + "\n")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(record(Path(sys.argv[1]), sys.argv[2:]))
