@@ -16,6 +16,14 @@ from pathlib import Path
 TIMING_PREFIXES = ("time_",)
 
 
+def dumps(recording: dict) -> str:
+    """JSON with one trained sample per line, readable in a diff."""
+    steps = ",\n".join("  [\n" + ",\n".join("   " + json.dumps(s, sort_keys=True) for s in step) + "\n  ]"
+                       for step in recording["trained"])
+    return '{"metrics": ' + json.dumps(recording["metrics"], indent=1, sort_keys=True) + ',\n "trained": [\n' \
+        + steps + '\n ]}\n'
+
+
 def record(out: Path, argv: list[str]) -> int:
     from cluster.workers import close_local_ray
 
@@ -36,7 +44,7 @@ def record(out: Path, argv: list[str]) -> int:
     run_dir = Path(next(a.split("=", 1)[1] for a in argv if a.startswith("output_dir=")))
     metrics = [{k: v for k, v in json.loads(line).items() if not k.startswith(TIMING_PREFIXES)}
                for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    out.write_text(json.dumps({"metrics": metrics, "trained": trained}, indent=1, sort_keys=True) + "\n")
+    out.write_text(dumps({"metrics": metrics, "trained": trained}))
     return code
 
 
