@@ -97,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         return 0
     try:
-        config = load_config(args.config, args.overrides, SFTRunConfig if args.command == "sft" else RunConfig)
+        config = load_config(args.config, args.overrides, SFTRunConfig if args.command == "sft" else RunConfig,
+                             purpose="eval" if args.command == "eval" else "train")
     except ConfigError as e:
         print(f"motif: invalid config: {e}", file=sys.stderr)
         return 2
@@ -118,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run_failures() -> tuple[type[Exception], ...]:
     """Errors that end a run with a message of their own (what failed, and how to resume)."""
-    from cluster.driver import RunStalled
+    from cluster.loop.sync import RunStalled
     from cluster.evaluation import EvalFailed
     from cluster.workers import PlacementError
     from learner.group import LearnerDied
@@ -155,7 +156,7 @@ def _run(args: argparse.Namespace, config) -> int:
         run_eval(config)
     else:
         preflight.check_train(config)
-        from cluster.driver import train
+        from cluster.loop.sync import train
 
         train(config, resume=args.resume)
     return 0

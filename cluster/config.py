@@ -190,7 +190,8 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
-    def validate(self) -> None:
+    def validate(self, training: bool = True) -> None:
+        """training=False (`motif eval`): without the rules that only concern the learner."""
         r, e, c = self.rollout, self.eval, self.cluster
         if self.steps < 1 or self.max_skipped_steps < 1:
             raise ConfigError(f"steps and max_skipped_steps must be >= 1, got {self.steps}, {self.max_skipped_steps}")
@@ -198,14 +199,14 @@ class RunConfig:
         if mixed is not None and (not mixed or not all(1 <= d <= 26 for d in mixed)):
             raise ConfigError(f"model.warm_start.operations must list toy difficulties in 1..26, got {mixed}")
         for name in ("temperature", "continuation_temperature"):
-            if not getattr(r, name) > 0:
+            if training and not getattr(r, name) > 0:
                 raise ConfigError(f"rollout.{name} must be > 0 (the learner divides logits by it), got {getattr(r, name)}")
-        if r.top_p != 1:
+        if training and r.top_p != 1:
             raise ConfigError(f"rollout.top_p must be 1, got {r.top_p}: the learner's logprobs are of the full "
                               "distribution, so round-1 samples must come from it (continuation_top_p may be lower)")
         if not 0 < r.continuation_top_p <= 1 or not 0 < e.top_p <= 1:
             raise ConfigError("rollout.continuation_top_p and eval.top_p must be in (0, 1]")
-        if self.learner.credit == "every_round" and r.rounds > 1:
+        if training and self.learner.credit == "every_round" and r.rounds > 1:
             # The default trains the continuation rounds; learner.credit=first_round (MOTIF as published) does not.
             if r.continuations < 2:
                 raise ConfigError("learner.credit=every_round ranks a sample's continuations against each other: "
@@ -224,7 +225,7 @@ class RunConfig:
         for name in ("prompts_per_step", "samples_per_prompt", "continuations", "rounds", "max_tokens"):
             if getattr(r, name) < 1:
                 raise ConfigError(f"rollout.{name} must be >= 1, got {getattr(r, name)}")
-        if r.samples_per_prompt < 2:
+        if training and r.samples_per_prompt < 2:
             raise ConfigError("rollout.samples_per_prompt must be >= 2: GRPO compares samples within a group")
         if r.continuation_policy not in ("current", "frozen_base"):
             raise ConfigError(f"rollout.continuation_policy must be 'current' or 'frozen_base', got {r.continuation_policy!r}")
@@ -261,7 +262,7 @@ class RunConfig:
             raise ConfigError(str(e)) from e
         if self.learner.lora_rank > VLLM_LORA_RANKS[-1]:
             raise ConfigError(f"learner.lora_rank above {VLLM_LORA_RANKS[-1]} is not supported by vLLM's LoRA kernels")
-        if self.learner.finetune != "lora":
+        if training and self.learner.finetune != "lora":
             raise ConfigError("learner.finetune must be lora for training: vLLM is updated by pushing adapters "
                               "(full-parameter training is for `motif sft`)")
         try:
@@ -412,9 +413,9 @@ def resolve_config(path: str | Path) -> Path:
 # --- end `--config NAME` ---
 
 
-def load_config(path: str | Path | None, overrides: list[str] = (), kind: type = RunConfig):
+def load_config(path: str | Path | None, overrides: list[str] = (), kind: type = RunConfig, purpose: str = "train"):
     """A validated `kind` (RunConfig, SFTRunConfig) from a YAML file (or a shipped config's name) and
-    `a.b=value` overrides."""
+    `a.b=value` overrides. purpose="eval" (`motif eval`) applies only the rules that evaluation needs."""
     raw: dict = {}
     if path is not None:
         try:
@@ -422,11 +423,22 @@ def load_config(path: str | Path | None, overrides: list[str] = (), kind: type =
         except FileNotFoundError:
             raise ConfigError(f"config file not found: {path}") from None
         except yaml.YAMLError as e:
-            raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+            # One line, not the parser's picture of the text; its marks count from 0.
+            mark = getattr(e, "problem_mark", None)
+            if mark is None:
+                detail = " ".join(str(e).split())
+            else:
+                detail = f"line {mark.line + 1}, column {mark.column + 1}: {e.problem}"
+                if e.context and e.context_mark:
+                    detail += f" ({e.context} from line {e.context_mark.line + 1})"
+            raise ConfigError(f"config file {path} is not valid YAML: {detail}") from None
     for override in overrides:
         apply_override(raw, override)
     config = _build(kind, raw, "")
-    config.validate()
+    if purpose == "eval":
+        config.validate(training=False)
+    else:
+        config.validate()
     return config
 
 

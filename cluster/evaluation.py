@@ -12,7 +12,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from cluster.config import RunConfig
-from cluster.tasks.data import Problem, load_problems
+from cluster.tasks.data import LoadReport, Problem, load_problems
 from cluster.spec import motif_spec
 from rewards import FORMATS, build_rewards, grade_batch
 from rewards.math_answers import answer_key
@@ -192,11 +192,16 @@ def evaluate(pool, problems: list[Problem], spec: MotifSpec, desc: str = "eval",
     return {**summary, "failed_requests": failed, "failed_questions": len(lost)}, samples
 
 
-def eval_problems(config: RunConfig) -> list[Problem]:
+def load_eval_problems(config: RunConfig) -> tuple[list[Problem], LoadReport]:
+    """The eval set (eval.path, else data.path, at eval.split); a BadInput names the key that holds the path."""
     e = config.eval
     data = dataclasses.replace(config.data, path=e.path or config.data.path, split=e.split, limit=e.limit)
-    problems, report = load_problems(data)
-    tqdm.write(f"eval data ({data.path}, {data.split}): {report.summary()}")
+    return load_problems(data, "eval.path" if e.path else "data.path", "eval.split")
+
+
+def eval_problems(config: RunConfig) -> list[Problem]:
+    problems, report = load_eval_problems(config)
+    tqdm.write(f"eval data ({config.eval.path or config.data.path}, {config.eval.split}): {report.summary()}")
     return problems
 
 

@@ -1,15 +1,23 @@
 """Checks of everything a command reads or writes that can be checked before Ray starts: the model, the
-datasets, the adapter, the output folder and the reward model. Each failure is one
+datasets, the adapter, the output folder, the reward model and the sampling settings. Each failure is one
 `BadInput` naming the input and what is wrong with it, raised in seconds instead of after a worker dies."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
+import logging
 import os
 import re
 from pathlib import Path
 
 from cluster.config import BadInput, RunConfig, SFTRunConfig
+from cluster.evaluation import eval_spec, load_eval_problems
+from cluster.spec import motif_spec
+from cluster.tasks.data import data_file
+from rollout.protocols import MotifSpec
+from rollout.records import SamplingSpec
 
 # What `from_pretrained` accepts as a hub id: "name" or "owner/name".
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
@@ -110,6 +118,67 @@ def check_writable(folder: str | Path, where: str) -> Path:
     return path
 
 
+@contextlib.contextmanager
+def _quiet_vllm():
+    """Importing vLLM writes to the console (on CPU: "Triton ... Disabling Triton") and edits os.environ, which
+    the Ray processes started later would inherit; its SamplingParams warns of what it adjusts, which the
+    workers log. A check leaves none of that behind: only a refusal is its business."""
+    logger, environ = logging.getLogger("vllm"), dict(os.environ)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+        os.environ.clear()
+        os.environ.update(environ)
+
+
+def _requests(spec: MotifSpec, first: tuple, later: tuple, budget: str) -> list[tuple[SamplingSpec, tuple]]:
+    """Each kind of request motif_rollout sends under `spec` (round 1, round 2's fan-out, one sample in each
+    later round), with the config keys of its n (None: always 1), temperature, top_p and max_tokens; `first`
+    and `later` name the first three for round 1 and for the later rounds."""
+    requests = [(dataclasses.replace(spec.first_round, n=spec.samples_per_prompt), (*first, budget))]
+    if spec.rounds > 1:
+        requests.append((dataclasses.replace(spec.continuation, n=spec.continuations), (*later, budget)))
+    if spec.rounds > 2 and spec.continuations > 1:
+        requests.append((dataclasses.replace(spec.continuation, n=1), (None, *later[1:], budget)))
+    return requests
+
+
+def check_sampling(config: RunConfig, training: bool) -> None:
+    """Build vLLM's SamplingParams for every kind of request the command sends (training: the rollout; `motif
+    eval`, or training with eval.every > 0: the evaluation), so a setting vLLM refuses is one line here instead
+    of every request failing on the workers (e.g. eval.temperature=0 with eval.n=4: greedy sampling is n=1)."""
+    e = config.eval
+    train = motif_spec(config, [])  # the rewards only word the system prompts
+    requests = []
+    if training:
+        requests += _requests(train, ("rollout.samples_per_prompt", "rollout.temperature", "rollout.top_p"),
+                              ("rollout.continuations", "rollout.continuation_temperature",
+                               "rollout.continuation_top_p"), "rollout.max_tokens")
+    if not training or e.every > 0:
+        # As eval_spec chooses: eval.temperature and eval.top_p in every round, or (None) the training ones.
+        fixed = ("eval.temperature", "eval.top_p") if e.temperature is not None else None
+        requests += _requests(eval_spec(config, train),
+                              ("eval.n", *(fixed or ("rollout.temperature", "rollout.top_p"))),
+                              (None, *(fixed or ("rollout.continuation_temperature", "rollout.continuation_top_p"))),
+                              "eval.max_tokens" if e.max_tokens else "rollout.max_tokens")
+    with _quiet_vllm():
+        from vllm import SamplingParams
+        from vllm.exceptions import VLLMValidationError  # not a ValueError in vLLM >= 0.32
+
+        for spec, keys in requests:
+            try:  # as rollout.engine.VLLMEngine.generate builds it
+                SamplingParams(n=spec.n, temperature=spec.temperature, top_p=spec.top_p, max_tokens=spec.max_tokens,
+                               logprobs=0, seed=spec.seed)
+            except (ValueError, VLLMValidationError) as error:
+                values = (spec.n, spec.temperature, spec.top_p, spec.max_tokens)
+                named = ", ".join(f"{key}={value:g}" for key, value in zip(keys, values) if key)
+                raise BadInput(f"{named}: vLLM refuses these sampling settings "
+                               f"({' '.join(str(error).split())})") from None
+
+
 def check_train(config: RunConfig) -> None:
     """The run folder's checkpoints and the `--resume` target are checked by cluster.checkpoint.claim."""
     check_model(config.model.path)
@@ -117,12 +186,16 @@ def check_train(config: RunConfig) -> None:
     for term in config.reward.components:
         if term.name == "reward_model":
             check_model(term.model or "", "reward.components[reward_model].model")
+    if config.eval.every > 0:
+        load_eval_problems(config)  # the held-out set, else read only once every engine and rank started
+    check_sampling(config, training=True)
 
 
 def check_eval(config: RunConfig, output_dir: Path) -> None:
     from rollout.engine import vllm_lora_rank
 
     check_model(config.model.path)
+    load_eval_problems(config)
     if config.eval.adapter:
         model = config.model.path if config.model.path not in BUILT_HERE else ""
         check_adapter(config.eval.adapter, model, vllm_lora_rank(config.learner.lora_rank))
@@ -131,10 +204,10 @@ def check_eval(config: RunConfig, output_dir: Path) -> None:
             raise BadInput(f"eval.output_dir {output_dir}: inside eval.adapter, whose files must not change; "
                            "choose another folder")
     check_writable(output_dir, "eval.output_dir" if config.eval.output_dir else "output_dir")
+    check_sampling(config, training=False)
 
 
 def check_sft(config: SFTRunConfig) -> None:
     check_model(config.model.path)
-    if not Path(config.data.path).is_file():
-        raise BadInput(f"data.path {config.data.path}: no such file")
+    data_file(config.data.path)
     check_writable(config.output_dir, "output_dir")

@@ -30,6 +30,16 @@ def canonical_adapter_config(path: Path) -> None:
     path.write_text(json.dumps(config, indent=2, sort_keys=True))
 
 
+def collective_interfaces(master: str, node_address: str | None) -> dict[str, str]:
+    """The network interface gloo and NCCL connect the ranks over. One machine (a file:// rendezvous): loopback,
+    for both (NCCL skips `lo` unless named, and would bind an external interface). Across machines: the
+    interface of this node's address, the one the peers reach. NCCL's "=" means that name, not a prefix."""
+    interface = "lo" if master.startswith("file://") else interface_of(node_address)
+    if interface is None:
+        return {}
+    return {"GLOO_SOCKET_IFNAME": interface, "NCCL_SOCKET_IFNAME": f"={interface}"}
+
+
 class GRPOLearner:
     """The one training stack: GRPO (LoRA; the reference policy is the same model, adapter off) and SFT (LoRA or
     full) steps in a DeepSpeed engine, and the exports that vLLM loads.
@@ -68,16 +78,13 @@ class GRPOLearner:
             # collectives without it.
             ds_torch_comm.build_shm_op = lambda: None
         backend = "nccl" if cuda else "gloo"
+        for name, value in collective_interfaces(master, None if master.startswith("file://") else
+                                                 ray.util.get_node_ip_address()).items():
+            os.environ.setdefault(name, value)
         if master.startswith("file://"):
-            # One machine: gloo's connections between the ranks stay on loopback too.
-            os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
             deepspeed.init_distributed(backend, auto_mpi_discovery=False, init_method=master, rank=rank,
                                        world_size=world_size)
         else:
-            interface = interface_of(ray.util.get_node_ip_address())
-            if interface is not None:  # the collectives' connections go over the interface the peers reach
-                os.environ.setdefault("GLOO_SOCKET_IFNAME", interface)
-                os.environ.setdefault("NCCL_SOCKET_IFNAME", f"={interface}")  # "=": that name, not a prefix
             # The group is made here around a store that listens on the rendezvous address only; DeepSpeed
             # then wraps the existing group. Its timeout and device binding are DeepSpeed's own choices (no
             # device_id for a single rank: DeepSpeed's fix for an eager NCCL init failing on one GPU).
@@ -267,6 +274,12 @@ class GRPOLearner:
         values = torch.tensor([totals[k] for k in keys], dtype=torch.float64, device=self.device)
         dist.all_reduce(values)
         return dict(zip(keys, values.tolist()))
+
+    def release_memory(self) -> None:
+        """Hand the allocator's cached blocks back to the device, so that colocated engines waking next find the
+        memory free (PyTorch keeps freed blocks cached for itself otherwise)."""
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
 
     def adapter_payload(self, version: int) -> tuple[str, AdapterPayload]:
         """(digest, adapter bytes) for the object store. Under ZeRO-3 the LoRA shards are gathered first, so every

@@ -26,28 +26,32 @@ def first_round(trajectories: Sequence[MotifTrajectory], advantages: Sequence[fl
 
 @register_credit("every_round")
 def every_round(trajectories: Sequence[MotifTrajectory], advantages: Sequence[float], *,
-                golds: Sequence[str], estimator: Callable, norm_by_std: bool,
+                final_scores: Sequence[Sequence[float | None]], estimator: Callable, norm_by_std: bool,
                 continuation_temperature: float) -> list[TrainSample]:
     """Round 1 as in `first_round`, and the continuation rounds too: the k chains of a round-1 sample share
-    their round-2 prompt, so they form a group, and every round of a chain gets the correctness of the chain's
-    final answer (against `golds`, one per trajectory) normalised within that group. The rounds after round 1
-    otherwise change only through the shared adapter: at a difficulty where most of a solution falls in them,
-    round-1 credit alone leaves them untrained. A chain no better or worse than its siblings carries no signal
-    and is left out."""
-    from rewards.motif import chain_correctness
-
+    their round-2 prompt, so they form a group, and every round of a chain gets its final answer's score from
+    the configured rewards (`final_scores`, per trajectory and chain; None where it could not be scored, and
+    that chain is left out) normalised within that group. The rounds after round 1 otherwise change only
+    through the shared adapter: at a difficulty where most of a solution falls in them, round-1 credit alone
+    leaves them untrained. A chain no better or worse than its siblings carries no signal and is left out."""
     samples = first_round(trajectories, advantages)
-    with_chains = [(i, t) for i, t in enumerate(trajectories) if t.chains]
-    if not with_chains:
+    chains, groups, scores = [], [], []
+    for i, t in enumerate(trajectories):
+        for chain, score in zip(t.chains, final_scores[i]):
+            if score is not None:
+                chains.append(chain)
+                groups.append(i)
+                scores.append(score)
+    if not chains:
         return samples
-    correct = chain_correctness([t.final_texts() for _, t in with_chains], [golds[i] for i, _ in with_chains])
-    chains = [chain for _, t in with_chains for chain in t.chains]
-    groups = [i for i, t in with_chains for _ in t.chains]
-    chain_advantages = estimator([c for per_sample in correct for c in per_sample], groups,
-                                 norm_by_std=norm_by_std).tolist()
+    chain_advantages = estimator(scores, groups, norm_by_std=norm_by_std).tolist()
     for chain, advantage in zip(chains, chain_advantages):
         if advantage == 0.0:
             continue
         samples += [TrainSample(c.prompt_ids, c.completion_ids, advantage, continuation_temperature)
                     for c in chain if c.completion_ids]
     return samples
+
+
+# Credit that reads each answer turn's score: the reward stage scores the final answers for it.
+SCORES_ANSWERS = {"every_round"}

@@ -8,7 +8,7 @@ import os
 from collections.abc import Callable, Sequence
 
 import ray
-from ray.exceptions import GetTimeoutError, RayActorError
+from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
 from learner.batching import plan_batch
 from learner.records import TrainSample
@@ -40,6 +40,11 @@ class LearnerGroup:
             return ray.get(refs, timeout=self.call_timeout_s)
         except RayActorError as e:
             raise LearnerDied(f"a learner rank died during {what} ({type(e).__name__}); the run stops here. "
+                              f"{self.resume_hint}") from None
+        except RayTaskError as e:
+            # A rank that raised (CUDA out of memory, a collective whose peer's node died, a DeepSpeed assertion)
+            # leaves the group's state unknown: the run stops, resumable from its last checkpoint.
+            raise LearnerDied(f"a learner rank failed during {what} ({failure_cause(e)}); the run stops here. "
                               f"{self.resume_hint}") from None
         except GetTimeoutError:
             raise LearnerDied(f"the learner ranks did not finish {what} within cluster.learner_timeout_s="
@@ -77,6 +82,9 @@ class LearnerGroup:
 
     def load_checkpoint(self, folder: str) -> None:
         self._get(self._all("load_checkpoint", folder), "loading the checkpoint")
+
+    def release_memory(self) -> None:
+        self._get(self._all("release_memory"), "releasing memory")
 
     def shutdown(self) -> None:
         for rank in self.ranks:

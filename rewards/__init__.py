@@ -6,7 +6,8 @@ from rewards.grading import GradeResult, Grader, grade, grade_batch
 from rewards.math_answers import extract_answer, gsm8k_gold
 from rewards.motif import future_accuracies, future_accuracy
 from rewards.motivation import motivation_text
-from rewards.registry import REWARDS, Reward, RewardSample, RewardTerm, build_rewards, register_reward, score_samples
+from rewards.registry import (REWARDS, Reward, RewardSample, RewardTerm, Scored, build_rewards, register_reward,
+                              score_samples)
 
 __all__ = [
     "FORMATS",
@@ -16,6 +17,7 @@ __all__ = [
     "Reward",
     "RewardSample",
     "RewardTerm",
+    "Scored",
     "build_rewards",
     "extract_answer",
     "extract_progress",

@@ -25,17 +25,26 @@ def _grade_finals(finals: Sequence[Sequence[str]], golds: Sequence[str]):
     return grade_batch([t for t, _ in flat], [g for _, g in flat])
 
 
-def future_accuracies(finals: Sequence[Sequence[str]], golds: Sequence[str]) -> tuple[list[float], Counter]:
-    """Per round-1 sample, the mean correctness of its k final-round responses (graded in one batch),
-    and the count of grading outcomes by reason."""
+# Grading outcomes that say nothing about the answer: its score is left out, never counted as wrong.
+UNGRADED = ("timeout", "worker_died", "error", "invalid_input")
+
+
+def future_accuracies(finals: Sequence[Sequence[str]], golds: Sequence[str]
+                      ) -> tuple[list[float], Counter, list[list[float | None]]]:
+    """Per round-1 sample, the mean correctness of its k final-round responses (graded once, in one batch) over
+    those whose grading finished; the count of grading outcomes by reason (and of samples with no graded final);
+    and each final's correctness (None where its grading failed), which credit reads instead of grading again."""
     results = _grade_finals(finals, golds)
-    return mean_per_group([float(r.correct) for r in results], finals), Counter(r.reason for r in results)
-
-
-def chain_correctness(finals: Sequence[Sequence[str]], golds: Sequence[str]) -> list[list[float]]:
-    """Per round-1 sample, the correctness (1.0 or 0.0) of each of its k final-round responses."""
-    correct = iter(float(r.correct) for r in _grade_finals(finals, golds))
-    return [[next(correct) for _ in texts] for texts in finals]
+    flat = iter(None if r.reason in UNGRADED else float(r.correct) for r in results)
+    per_final = [[next(flat) for _ in texts] for texts in finals]
+    counts = Counter(r.reason for r in results)
+    means = []
+    for scores in per_final:
+        graded = [s for s in scores if s is not None]
+        means.append(sum(graded) / len(graded) if graded else 0.0)
+        if not graded:
+            counts["ungraded_samples"] += 1
+    return means, counts, per_final
 
 
 def future_accuracy(final_responses: Sequence[str], gold: str) -> float:

@@ -59,6 +59,10 @@ class RewardTerm:
 class RewardScores:
     values: list[float]
     counts: Counter = field(default_factory=Counter)  # outcomes by reason, logged as reward/<name>/<reason>
+    # Each final answer's own score, per sample (None: it could not be scored), from a reward that scores the
+    # answers to make `values` (accuracy, reward_model): the answer turns' scores then come from here, not
+    # from scoring again.
+    per_final: list[list[float | None]] | None = None
 
 
 @dataclass
@@ -159,7 +163,9 @@ def _reward_model(term: RewardTerm, response_format: str) -> Reward:
                 ray.kill(actor[0], no_restart=True)
                 actor[0] = start()
                 counts["actor_restarts"] += 1
-        return RewardScores(mean_per_group(values, [s.finals for s in samples]), counts)
+        groups = [s.finals for s in samples]
+        flat = iter(values)
+        return RewardScores(mean_per_group(values, groups), counts, [[next(flat) for _ in g] for g in groups])
 
     return Reward(
         "reward_model", term.weight,
@@ -273,25 +279,59 @@ def build_rewards(terms: Sequence[RewardTerm], response_format: str) -> list[Rew
     ]
 
 
-def score_samples(rewards: Sequence[Reward], samples: Sequence[RewardSample]) -> tuple[list[float], dict]:
-    """Weighted sum per sample, and metrics per component: mean value and outcome counts.
+@dataclass
+class Scored:
+    totals: list[float]  # each sample's weighted reward
+    metrics: dict[str, float]
+    # Each final answer's weighted score from the same components, per sample (None: a component could not
+    # score it), when asked for: what credit assigns to the answer turns.
+    finals: list[list[float | None]] | None = None
 
-    A component that fails on the whole batch (a reward model actor that died, a timeout) is scored 0 for
-    that step, counted and logged; the run goes on.
-    """
+
+def _score(reward: Reward, samples: Sequence[RewardSample]) -> RewardScores:
+    """A component's scores; one that fails on the whole batch (a reward model actor that died, a timeout) is
+    scored 0 for that batch, counted and logged: the run goes on."""
+    n = len(samples)
+    try:
+        scores = reward.score(samples)
+        if len(scores.values) != n:
+            raise ValueError(f"returned {len(scores.values)} values for {n} samples")
+        return scores
+    except Exception as e:  # noqa: BLE001 - one component's failure must not end the run
+        log.warning("reward %s failed on this batch, scored 0: %s: %s", reward.name, type(e).__name__, e)
+        return RewardScores([0.0] * n, Counter(batch_failed=n))
+
+
+def _final_scores(reward: Reward, scores: RewardScores, samples: Sequence[RewardSample],
+                  final_format: str) -> list[list[float | None]]:
+    """Each final answer's score from one component: the per-answer scores it already made, or, for a reward
+    of a whole response (format, a user's function), that reward of each answer turn as a response of its own."""
+    if scores.per_final is not None:
+        return scores.per_final
+    turns = [RewardSample(s.question, s.gold, f, (f,), final_format) for s in samples for f in s.finals]
+    turn_scores = _score(reward, turns)
+    failed = turn_scores.counts.get("batch_failed", 0) > 0
+    flat = iter(None if failed else v for v in turn_scores.values)
+    return [[next(flat) for _ in s.finals] for s in samples]
+
+
+def score_samples(rewards: Sequence[Reward], samples: Sequence[RewardSample],
+                  final_format: str | None = None) -> Scored:
+    """Weighted sum per sample, and metrics per component: mean value and outcome counts. With `final_format`
+    (the FORMATS entry of an answer turn), also each final answer's weighted score, every answer scored once."""
     n = len(samples)
     totals = [0.0] * n
+    finals = [[0.0] * len(s.finals) for s in samples] if final_format else None
     metrics: dict[str, float] = {}
     for reward in rewards:
-        try:
-            scores = reward.score(samples)
-            if len(scores.values) != n:
-                raise ValueError(f"returned {len(scores.values)} values for {n} samples")
-        except Exception as e:  # noqa: BLE001 - one component's failure must not end the run
-            log.warning("reward %s failed on this batch, scored 0: %s: %s", reward.name, type(e).__name__, e)
-            scores = RewardScores([0.0] * n, Counter(batch_failed=n))
+        scores = _score(reward, samples)
         metrics[f"reward/{reward.name}"] = sum(scores.values) / n
         metrics.update({f"reward/{reward.name}/{reason}": float(c) for reason, c in sorted(scores.counts.items())})
         totals = [t + reward.weight * v for t, v in zip(totals, scores.values)]
+        if finals is not None:
+            finals = [[None if a is None or b is None else a + reward.weight * b for a, b in zip(mine, theirs)]
+                      for mine, theirs in zip(finals, _final_scores(reward, scores, samples, final_format))]
     metrics["reward"] = sum(totals) / n
-    return totals, metrics
+    if finals is not None:
+        metrics["reward/unscored_finals"] = float(sum(s is None for per_sample in finals for s in per_sample))
+    return Scored(totals, metrics, finals)

@@ -3,6 +3,13 @@ smoke config gives the recorded metrics and trains the recorded samples, token f
 advantage, bitwise on CPU. The recordings (tests/golden/*.json) were made by tests/golden_run.py at commit
 fdb70aa, before the redesign began; a deliberate change of behaviour is named here, with the fields it moves.
 
+One deliberate change, named: under every_round the continuation chains are credited by their final answers'
+scores under the configured rewards (issue 21, item 3), no longer by a second math grading. On the untrained
+model the old credit saw every chain wrong and trained none; now the length and format of the answers rank
+them. motif-every_round.json was re-recorded with that change; against the recording from before the redesign
+(motif-every_round.before-issue-21.json) step 1 is the same rollout, rewards and round-1 samples, and only
+what the chains add moves (CHAIN_CREDIT_FIELDS).
+
 A length reward (tests/golden/length_reward.py) makes the untrained model's advantages non-zero, so the
 losses and updates are exercised; every_round runs with one mini-batch per step."""
 
@@ -27,6 +34,8 @@ RUNS = {
     "single": ["rollout.rounds=1"],
 }
 
+CHAIN_CREDIT_FIELDS = {"loss", "grad_norm", "train_tokens", "reward/unscored_finals"}
+
 
 @pytest.mark.parametrize("name", sorted(RUNS))
 def test_training_is_bitwise_unchanged(tmp_path, name):
@@ -41,3 +50,10 @@ def test_training_is_bitwise_unchanged(tmp_path, name):
     for step, (mine, recorded) in enumerate(zip(now["trained"], then["trained"]), 1):
         assert mine == recorded, f"step {step}: the trained samples differ"
     assert now["metrics"] == then["metrics"]
+    if name == "motif-every_round":
+        before = json.loads((GOLDEN / f"{name}.before-issue-21.json").read_text())
+        round_one = len(before["trained"][0])
+        assert now["trained"][0][:round_one] == before["trained"][0]
+        first, first_before = now["metrics"][0], before["metrics"][0]
+        assert {k for k in first.keys() | first_before.keys() if first.get(k) != first_before.get(k)} \
+            <= CHAIN_CREDIT_FIELDS

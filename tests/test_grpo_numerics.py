@@ -83,9 +83,9 @@ def test_kl_is_zero_when_policy_equals_reference_and_positive_otherwise():
 
 
 def test_every_round_credit_trains_each_chain_by_its_own_answer():
-    """`first_round` trains round 1 only; `every_round` adds each continuation round, its advantage the chain's
-    correctness normalised among the sample's k chains, at the continuation temperature; chains that all agree
-    carry no signal."""
+    """`first_round` trains round 1 only; `every_round` adds each continuation round, its advantage the score of
+    the chain's final answer (from the reward stage) normalised among the sample's k chains, at the continuation
+    temperature; chains that all agree carry no signal, and a chain whose answer could not be scored is left out."""
     from learner.credit import CREDIT
     from rollout.records import Completion, MotifTrajectory
 
@@ -98,7 +98,8 @@ def test_every_round_credit_trains_each_chain_by_its_own_answer():
     agreed = MotifTrajectory(1, completion(60, "r1"), chains=[[completion(70, "r2"), completion(80, right)],
                                                                [completion(90, "r2"), completion(100, right)]])
     trajectories, advantages = [split, agreed], [0.25, -0.25]
-    options = dict(golds=["4", "4"], estimator=grpo_advantages, norm_by_std=True, continuation_temperature=0.8)
+    options = dict(final_scores=[[1.0, 0.0], [1.0, 1.0]], estimator=grpo_advantages, norm_by_std=True,
+                   continuation_temperature=0.8)
 
     first = CREDIT["first_round"](trajectories, advantages, **options)
     assert [(s.prompt_ids, s.advantage, s.temperature) for s in first] == [([10], 0.25, None), ([60], -0.25, None)]
@@ -107,3 +108,5 @@ def test_every_round_credit_trains_each_chain_by_its_own_answer():
     half = 0.5 / (math.sqrt(0.5) + 1e-6)  # rewards (1, 0): centred by 0.5, divided by their sample std
     assert [(s.prompt_ids, round(s.advantage, 6), s.temperature) for s in every[2:]] == [
         ([20], round(half, 6), 0.8), ([30], round(half, 6), 0.8), ([40], round(-half, 6), 0.8), ([50], round(-half, 6), 0.8)]
+    unscored = CREDIT["every_round"](trajectories, advantages, **{**options, "final_scores": [[1.0, None], [1.0, 1.0]]})
+    assert unscored == first  # one scored chain alone in its group: advantage 0, nothing to train

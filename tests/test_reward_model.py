@@ -117,7 +117,8 @@ def test_registry_reward_model_scores_answers_without_thinking(ray_session, trai
             # MOTIF: the reward is the mean over the k final answers.
             RewardSample(q, None, "", (good, bad), "reasoning_answer"),
         ]
-        totals, metrics = score_samples([reward], samples)
+        scored = score_samples([reward], samples)
+        totals, metrics = scored.totals, scored.metrics
         values = [t / 2.0 for t in totals]
         assert values[0] > values[1]
         assert values[2] == pytest.approx(values[1], abs=1e-5)
@@ -127,7 +128,8 @@ def test_registry_reward_model_scores_answers_without_thinking(ray_session, trai
 
         # The actor killed from outside: replaced, the batch scored again, the restart counted.
         os.kill(reward_model_pid(), signal.SIGKILL)
-        again, metrics = score_samples([reward], samples)
+        scored = score_samples([reward], samples)
+        again, metrics = scored.totals, scored.metrics
         assert again == pytest.approx(totals, abs=1e-5)
         assert metrics["reward/reward_model/actor_restarts"] == 1
     finally:

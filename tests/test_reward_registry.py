@@ -10,7 +10,7 @@ import time
 import pytest
 
 from cluster.config import ConfigError, load_config
-from cluster.driver import motif_spec
+from cluster.spec import motif_spec
 from rewards import FORMATS, RewardSample, RewardTerm, build_rewards, motivation_text, score_samples, strip_thinking
 from rewards.registry import Reward, RewardScores
 from rollout.protocols import SYSTEM_PROMPT, motif_response_format
@@ -120,7 +120,8 @@ def test_weighted_sum_and_metrics_per_component(user_file):
         RewardSample("What is 2+2?", "4", "<reasoning>r</reasoning><progress>p</progress>",
                      ("\\boxed{4}", "\\boxed{5}", "\\boxed{4.0}", "none"), "reasoning_progress"),
     ]
-    totals, metrics = score_samples(rewards, samples)
+    scored = score_samples(rewards, samples)
+    totals, metrics = scored.totals, scored.metrics
     lengths = [min(1.0, len(s.response) / 100) for s in samples]
     expected = [0.5 * 1 + 2.0 * 1 + 0.1 * lengths[0], 0 + 0 + 0.1 * lengths[1], 0.5 * 1 + 2.0 * 0.5 + 0.1 * lengths[2]]
     assert totals == pytest.approx(expected)
@@ -136,7 +137,8 @@ def test_user_reward_that_raises_hangs_or_returns_junk_costs_one_sample_not_the_
     rewards = build_rewards(terms, "reasoning_answer")
     samples = [sample("fine"), sample("boom"), sample("please sleep"), sample("junk")]
     start = time.monotonic()
-    totals, metrics = score_samples(rewards, samples)
+    scored = score_samples(rewards, samples)
+    totals, metrics = scored.totals, scored.metrics
     elapsed = time.monotonic() - start
     assert elapsed < 30, elapsed
     assert totals == [3.0, 2.0, 2.0, 2.0]
@@ -145,7 +147,7 @@ def test_user_reward_that_raises_hangs_or_returns_junk_costs_one_sample_not_the_
     assert metrics["reward/junk/error"] == 1
     assert "boom in What is 2+2?" in caplog.text and "not a finite number" in caplog.text
     # The pool replaced the worker it killed: the next batch is scored normally.
-    assert score_samples(rewards, [sample("fine")])[0] == [3.0]
+    assert score_samples(rewards, [sample("fine")]).totals == [3.0]
 
 
 def test_a_component_failing_on_the_whole_batch_is_counted_and_scored_zero(caplog):
@@ -154,7 +156,8 @@ def test_a_component_failing_on_the_whole_batch_is_counted_and_scored_zero(caplo
 
     rewards = [Reward("rm", 1.0, "a broken reward model.", broken),
                Reward("one", 1.0, "always 1.", lambda samples: RewardScores([1.0] * len(samples)))]
-    totals, metrics = score_samples(rewards, [sample("a"), sample("b")])
+    scored = score_samples(rewards, [sample("a"), sample("b")])
+    totals, metrics = scored.totals, scored.metrics
     assert totals == [1.0, 1.0]
     assert metrics["reward/rm/batch_failed"] == 2
     assert "reward model actor died" in caplog.text
@@ -218,3 +221,58 @@ def test_motivation_reaches_the_model_prompt(rollout_pool, tiny_model):
     (trajectory, _) = rollout_pool.motif_rollout(["What is 2+2?"], spec)
     prompt = AutoTokenizer.from_pretrained(tiny_model).decode(trajectory.first.prompt_ids)
     assert motivation_text(rewards) in prompt
+
+
+LENGTH_REWARD = '''
+def answer_length(sample):
+    """The final answer's length in characters over 100."""
+    return len(sample.response) / 100
+'''
+
+
+def test_credit_reads_the_configured_rewards_and_the_grader_is_never_called(tmp_path, monkeypatch):
+    """every_round trains each chain by its final answer's score under the configured components: with a reward
+    of length only, the chain advantages are the answers' lengths normalised within each sample's chains."""
+    import rewards.grading
+    from learner.advantages import grpo_advantages
+    from learner.credit import CREDIT
+    from rollout.records import Completion, MotifTrajectory
+
+    def no_grading(*_):
+        raise AssertionError("the math grader was called")
+
+    monkeypatch.setattr(rewards.grading, "default_grader", no_grading)
+    (tmp_path / "length.py").write_text(LENGTH_REWARD)
+    configured = build_rewards([RewardTerm(f"{tmp_path / 'length.py'}:answer_length", weight=2.0)], "reasoning_progress")
+    finals = [["a" * 10, "a" * 30], ["a" * 5, "a" * 5, "a" * 20]]
+    samples = [RewardSample("q", "4", "<progress>p</progress>", tuple(f), "reasoning_progress") for f in finals]
+    scored = score_samples(configured, samples, final_format="reasoning_answer")
+    assert scored.finals == [[pytest.approx(2.0 * len(t) / 100) for t in f] for f in finals]
+
+    def completion(text: str) -> Completion:
+        return Completion([1], [2, 3], text, [0.0, 0.0], "stop", 1)
+
+    trajectories = [MotifTrajectory(i, completion("r1"), chains=[[completion(t)] for t in f]) for i, f in enumerate(finals)]
+    trained = CREDIT["every_round"](trajectories, [0.5, -0.5], final_scores=scored.finals, estimator=grpo_advantages,
+                                    norm_by_std=True, continuation_temperature=0.8)
+    expected = grpo_advantages([s for f in scored.finals for s in f], [0, 0, 1, 1, 1]).tolist()
+    assert [s.advantage for s in trained[2:]] == pytest.approx(expected)
+    assert expected[0] < 0 < expected[1] and expected[2] == expected[3] < 0 < expected[4]
+
+
+def test_a_final_whose_grading_failed_is_left_out_not_counted_wrong(monkeypatch):
+    import rewards.motif
+    from rewards.grading import GradeResult
+
+    outcomes = {"\\boxed{4}": GradeResult(True, "correct"), "\\boxed{5}": GradeResult(False, "wrong"),
+                "slow": GradeResult(False, "timeout")}
+    monkeypatch.setattr(rewards.motif, "grade_batch", lambda texts, golds: [outcomes[t] for t in texts])
+    accuracy = build_rewards([RewardTerm("accuracy")], "reasoning_progress")
+    samples = [RewardSample("q", "4", "r", ("\\boxed{4}", "slow"), "reasoning_progress"),
+               RewardSample("q", "4", "r", ("slow", "slow"), "reasoning_progress"),
+               RewardSample("q", "4", "r", ("\\boxed{4}", "\\boxed{5}"), "reasoning_progress")]
+    scored = score_samples(accuracy, samples, final_format="reasoning_answer")
+    assert scored.totals == [1.0, 0.0, 0.5]  # the timed-out final leaves the mean
+    assert scored.finals == [[1.0, None], [None, None], [1.0, 0.0]]
+    assert scored.metrics["reward/accuracy/timeout"] == 3 and scored.metrics["reward/accuracy/ungraded_samples"] == 1
+    assert scored.metrics["reward/unscored_finals"] == 3

@@ -13,7 +13,7 @@ import pytest
 import ray
 
 from cluster.tasks.data import Problem
-from cluster.driver import attested, reward_samples
+from cluster.loop.step import attested, reward_samples
 from cluster.evaluation import EvalFailed, evaluate
 from rewards import RewardTerm, build_rewards, score_samples
 from rollout.engine import ABORTED
@@ -80,7 +80,8 @@ def test_poison_request_alone_is_aborted_and_aborted_continuations_leave_the_rew
     assert sorted({t.prompt_index for t in kept}) == [1, 2, 3]
     batch = [Problem(q, "4", i) for i, q in enumerate(questions)]
     rewards = build_rewards([RewardTerm("accuracy")], spec.response_format)
-    totals, _ = score_samples(rewards, reward_samples(kept, batch, spec))
+    scored = score_samples(rewards, reward_samples(kept, batch, spec))
+    totals, _ = scored.totals, scored.metrics
     # The ABORT-ONE samples keep one finished continuation, which is right: accuracy 1, not 0.5.
     assert [len(t.chains) for t in kept if t.prompt_index == 2] == [1, 1]
     assert totals == [1.0] * len(kept)
@@ -164,7 +165,7 @@ def test_training_accuracy_far_from_held_out_is_reported_during_training(tmp_pat
     """Held-out pass@1 (here 1.0: every scripted answer is right) against the steps' reward/accuracy: a gap beyond
     both estimates' noise is logged and said on the console; one within it is only logged."""
     from cluster.config import load_config
-    from cluster.driver import HeldOutEval
+    from cluster.loop.held_out import HeldOutEval
     from cluster.spec import motif_spec
 
     config = load_config("tests/configs/smoke.yaml", ["data.path=toy", "eval.every=10", "eval.limit=8", "eval.n=4",

@@ -68,24 +68,35 @@ def resolve_fields(config: DataConfig) -> tuple[str, str, str | None]:
     )
 
 
-def _source_file(config: DataConfig) -> Path | None:
+def _source_file(config: DataConfig, split_key: str) -> Path | None:
     named = NAMED_DATASETS.get(config.path)
     if named is not None:
         if config.split not in named.splits:
-            raise BadInput(f"data.split {config.split}: dataset {config.path} has splits {', '.join(named.splits)}, "
+            raise BadInput(f"{split_key} {config.split}: dataset {config.path} has splits {', '.join(named.splits)}, "
                            f"not {config.split!r}")
         return SHIPPED / config.path / f"{config.split}.jsonl"
     if Path(config.path).suffix in (".jsonl", ".json") or Path(config.path).is_file():
-        if not Path(config.path).is_file():
-            raise BadInput(f"data.path {config.path}: no such file")
         return Path(config.path)
     return None
 
 
-def jsonl_rows(path: str | Path):
+def data_file(path: str | Path, where: str = "data.path") -> Path:
+    """`path` as a file with at least one non-blank line, else a BadInput naming the config key `where`."""
+    file = Path(path)
+    if not file.is_file():
+        raise BadInput(f"{where} {path}: no such file")
+    with file.open("rb") as f:
+        while chunk := f.read(1 << 16):  # stops at the first chunk with text: a real dataset costs one read
+            if chunk.strip():
+                return file
+    raise BadInput(f"{where} {path}: no rows (the file is empty or holds only blank lines)")
+
+
+def jsonl_rows(path: str | Path, where: str = "data.path"):
     """(row index, dict or parse-error string) for each non-blank line of a JSONL file, in order."""
     import datasets
 
+    data_file(path, where)  # a 0-byte file fails inside `datasets`, a blank one reads as rows of nothing
     # The text builder never fails on a bad line, so one malformed row costs one row, not the run; each
     # line is then parsed here to name the bad ones.
     datasets.disable_progress_bars()  # a few rows are read in a blink; the bar would only clutter the console
@@ -110,16 +121,20 @@ def json_objects(rows, report: LoadReport):
             yield i, row
 
 
-def _raw_rows(config: DataConfig):
+def _raw_rows(config: DataConfig, path_key: str, split_key: str):
     """(row index, dict or parse-error string) for each row, in source order."""
     import datasets
 
-    source = _source_file(config)
+    source = _source_file(config, split_key)
     if source is not None:
-        yield from jsonl_rows(source)
-    else:
-        for i, row in enumerate(datasets.load_dataset(config.path, config.subset, split=config.split)):
-            yield i, row
+        yield from jsonl_rows(source, path_key)
+        return
+    try:
+        rows = datasets.load_dataset(config.path, config.subset, split=config.split)
+    except (OSError, ValueError) as e:  # no such dataset or folder, the hub out of reach, an unknown split
+        raise BadInput(f"{path_key} {config.path}, {split_key} {config.split}: not a shipped dataset, a file or a "
+                       f"hub dataset that loads here ({' '.join(str(e).split())})") from None
+    yield from enumerate(rows)
 
 
 def _gold(answer: str, gold_format: str | None) -> str:
@@ -128,15 +143,21 @@ def _gold(answer: str, gold_format: str | None) -> str:
     return answer.strip()
 
 
-def load_problems(config: DataConfig) -> tuple[list[Problem], LoadReport]:
+def load_problems(config: DataConfig, path_key: str = "data.path",
+                  split_key: str = "data.split") -> tuple[list[Problem], LoadReport]:
+    """The usable problems of `config`; a BadInput names `path_key` / `split_key` (the eval section's keys when
+    it loads the held-out set)."""
     report = LoadReport()
     if config.path == TOY:
-        toy = toy_problems(config.toy, config.split, config.limit or TOY_DEFAULT_COUNT)
+        try:
+            toy = toy_problems(config.toy, config.split, config.limit or TOY_DEFAULT_COUNT)
+        except ValueError as e:
+            raise BadInput(f"{path_key} {TOY}, {split_key} {config.split}: {e}") from None
         report.loaded = len(toy)
         return [Problem(p.question, p.answer, i) for i, p in enumerate(toy)], report
     question_field, answer_field, gold_format = resolve_fields(config)
     problems: list[Problem] = []
-    for i, row in json_objects(_raw_rows(config), report):
+    for i, row in json_objects(_raw_rows(config, path_key, split_key), report):
         if config.limit is not None and len(problems) >= config.limit:
             break
         question, answer = row.get(question_field), row.get(answer_field)
@@ -154,5 +175,5 @@ def load_problems(config: DataConfig) -> tuple[list[Problem], LoadReport]:
         problems.append(Problem(question.strip(), gold, i))
     report.loaded = len(problems)
     if not problems:
-        raise BadInput(f"data.path {config.path}: no usable problems; {report.summary()}")
+        raise BadInput(f"{path_key} {config.path}: no usable problems; {report.summary()}")
     return problems, report
