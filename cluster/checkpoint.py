@@ -27,7 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cluster.config import BadInput, without_new_unset
+from cluster.config import BadInput, RunConfig, resume_field_names, without_new_unset
+from learner.config import LAYOUT, RESUME
 from learner.files import replace_directory
 
 STEP_FOLDER = re.compile(r"^step-(\d+)$")
@@ -51,21 +52,18 @@ def fsync_dir(folder: Path) -> None:
 
 
 # Config fields that change what a run samples or in what order; `steps` (and speed settings) may change.
-RESUME_FIELDS = (
-    "model.path", "model.warm_start", "data", "rollout.prompts_per_step", "rollout.samples_per_prompt",
-    "rollout.continuations", "rollout.rounds", "rollout.temperature", "rollout.continuation_temperature",
-    "rollout.top_p", "rollout.continuation_top_p", "rollout.max_tokens", "rollout.continuation_policy",
-    "rollout.dtype", "rollout.seed", "rollout.num_workers", "reward", "learner.lora_rank", "learner.lora_alpha",
-    "learner.target_modules", "learner.seed", "learner.credit",
-)
+RESUME_FIELDS = resume_field_names(RunConfig, RESUME)  # marked in the schema (cluster/config/schema.py)
 # The value a run used before a resume field was recorded; a field a checkpoint lacks that is not here is refused,
 # since what that run used is unknown.
-BEFORE_RECORDED = {"learner.credit": "first_round"}  # the only credit before learner.credit existed
+BEFORE_RECORDED = {
+    "learner.credit": "first_round",  # the only credit before learner.credit existed
+    "rollout.protocol": None,  # rollout.rounds chose the protocol, as an unset rollout.protocol does
+}
 # Recorded with them, checked by `layout_mismatches`: how the learner's DeepSpeed state lies on disk. At ZeRO 0
 # the optimizer state is whole in rank 0's file and DeepSpeed loads it on any number of ranks (tested: a 2-rank
 # checkpoint continues on 1 rank to float rounding), but each rank restores its own RNG file: fewer ranks, not
 # more. At ZeRO 1-3 the optimizer state is partitioned per rank and DeepSpeed refuses another world size.
-LAYOUT_FIELDS = ("learner.num_ranks", "learner.zero_stage")
+LAYOUT_FIELDS = resume_field_names(RunConfig, LAYOUT)
 # Keys of a resume field's section that do not change the run: where the warm start is cached (its contents
 # are keyed by the other settings).
 NOT_COMPARED = {"model.warm_start": ("dir",)}

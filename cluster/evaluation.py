@@ -17,7 +17,8 @@ from cluster.spec import motif_spec
 from rewards import FORMATS, build_rewards, grade_batch
 from rewards.math_answers import answer_key
 from rollout.engine import ABORTED, PROMPT_TOO_LONG
-from rollout.protocols import MotifSpec, motif_response_format
+from rollout.protocols import PROTOCOLS, protocol_name
+from rollout.protocols.motif import MotifSpec, motif_response_format
 from rollout.records import SamplingSpec
 
 QUESTIONS_PER_CALL = 16  # rollout calls per progress-bar tick
@@ -158,19 +159,22 @@ def evaluate(pool, problems: list[Problem], spec: MotifSpec, desc: str = "eval",
     A sample whose generation failed (a request that failed every retry) is no answer, not a wrong one: its
     question leaves the summary, which counts it as `failed_requests`. More than `max_failed_fraction` of the
     samples failed, or none succeeded: EvalFailed, and no summary."""
+    # One chain per sample, through the spec's rounds: MOTIF's, or one round for single.
+    protocol = PROTOCOLS[protocol_name(None, spec.rounds)]
     samples = []
     for start in tqdm(range(0, len(problems), QUESTIONS_PER_CALL), desc=desc, unit="batch", leave=False):
         batch = problems[start : start + QUESTIONS_PER_CALL]
         pool.begin(*key, start)
-        trajectories = pool.motif_rollout([p.question for p in batch], spec)
+        episodes = protocol.rollout(pool.generate, [p.question for p in batch], spec)
         per_question = Counter()
-        for t in trajectories:
-            problem = batch[t.prompt_index]
-            rounds = [t.first] + (t.chains[0] if t.chains else [])
+        for e in episodes:
+            problem = batch[e.prompt_index]
+            chains = e.chains()
+            rounds = [t.completion for t in [e.root] + (chains[0] if chains else [])]
             formats = [motif_response_format(spec.rounds)] * (len(rounds) - 1) + ["reasoning_answer"]
             samples.append({
                 "question_id": problem.row,
-                "sample": per_question[t.prompt_index],
+                "sample": per_question[e.prompt_index],
                 "gold": problem.gold,
                 "rounds": [c.text for c in rounds],
                 "tokens": [len(c.completion_ids) for c in rounds],
@@ -179,7 +183,7 @@ def evaluate(pool, problems: list[Problem], spec: MotifSpec, desc: str = "eval",
                 "prompt_too_long": any(c.finish_reason == PROMPT_TOO_LONG for c in rounds),
                 "failed": any(c.finish_reason == ABORTED for c in rounds),
             })
-            per_question[t.prompt_index] += 1
+            per_question[e.prompt_index] += 1
     failed = sum(s["failed"] for s in samples)
     if not samples or failed > max_failed_fraction * len(samples) or failed == len(samples):
         raise EvalFailed(f"{desc}: {failed} of {len(samples)} samples failed to generate (more than "

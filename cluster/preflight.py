@@ -16,7 +16,7 @@ from cluster.config import BadInput, RunConfig, SFTRunConfig
 from cluster.evaluation import eval_spec, load_eval_problems
 from cluster.spec import motif_spec
 from cluster.tasks.data import data_file
-from rollout.protocols import MotifSpec
+from rollout.protocols.motif import MotifSpec
 from rollout.records import SamplingSpec
 
 # What `from_pretrained` accepts as a hub id: "name" or "owner/name".

@@ -5,7 +5,7 @@ from __future__ import annotations
 from cluster.config import RunConfig
 from rewards.motivation import motivated_system_prompt
 from rewards.registry import Reward
-from rollout.protocols import SYSTEM_PROMPT, MotifSpec, motif_response_format
+from rollout.protocols.motif import SYSTEM_PROMPT, MotifSpec, motif_response_format
 from rollout.records import SamplingSpec
 
 

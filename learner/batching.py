@@ -1,8 +1,13 @@
 """The one mini/micro/rank planner: a step's samples as mini-batches (one optimizer step each), each split
-across the ranks with balanced token counts, then into micro-batches."""
+across the ranks with balanced token counts, then into micro-batches.
+
+A mini-batch is `mini_batch_size` episodes (root samples, as verl's ppo_mini_batch_size counts prompts), each
+with all its trained turns, so one setting means the same under every credit and protocol; which episodes
+go together is shuffled with `shuffle_seed`. A sample without an episode is one of its own (SFT)."""
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 
 from learner.records import TrainSample
@@ -13,15 +18,28 @@ from rollout.pool import balance
 MiniBatchPlan = tuple[list[list[int]], int]
 
 
-def plan_batch(samples: Sequence[TrainSample], ranks: int, mini_batch_size: int,
-               micro_batch_size: int) -> tuple[list[list[TrainSample]], list[list[MiniBatchPlan]]]:
+def mini_batches(samples: Sequence[TrainSample], mini_batch_size: int,
+                 shuffle_seed: str | None = None) -> list[list[int]]:
+    """Sample indices per mini-batch: `mini_batch_size` whole episodes each, in the samples' order within it."""
+    episodes: dict[object, list[int]] = {}
+    for i, sample in enumerate(samples):
+        episodes.setdefault(("own", i) if sample.episode is None else sample.episode, []).append(i)
+    order = list(episodes)
+    if shuffle_seed is not None:
+        random.Random(shuffle_seed).shuffle(order)
+    groups = [order[j : j + mini_batch_size] for j in range(0, len(order), mini_batch_size)]
+    return [sorted(i for key in group for i in episodes[key]) for group in groups]
+
+
+def plan_batch(samples: Sequence[TrainSample], ranks: int, mini_batch_size: int, micro_batch_size: int,
+               shuffle_seed: str | None = None) -> tuple[list[list[TrainSample]], list[list[MiniBatchPlan]]]:
     """Each rank's samples and plan. Ranks with fewer micro-batches get empty ones, so all make the same
     collective calls (in the update and in the old/reference logprob passes, which run over the same
-    micro-batches); a rank may hold no sample of a mini-batch at all. One rank keeps the samples' order."""
+    micro-batches); a rank may hold no sample of a mini-batch at all. One rank, one mini-batch: the samples'
+    order."""
     local: list[list[TrainSample]] = [[] for _ in range(ranks)]
     plans: list[list[MiniBatchPlan]] = [[] for _ in range(ranks)]
-    for start in range(0, len(samples), mini_batch_size):
-        mini = list(range(start, min(start + mini_batch_size, len(samples))))
+    for mini in mini_batches(samples, mini_batch_size, shuffle_seed):
         parts = balance([len(samples[i].completion_ids) + len(samples[i].prompt_ids) / 4 for i in mini], ranks)
         micros_per_rank = []
         for r, part in enumerate(parts):

@@ -4,15 +4,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+# Field marks read by cluster/checkpoint.py: RESUME fixes what a run samples or trains in what order (a resume
+# with another value is refused); LAYOUT is how the learner's state lies on disk (its own rule decides).
+RESUME = {"resume": "sampling"}
+LAYOUT = {"resume": "layout"}
+
 
 @dataclass
 class LearnerConfig:
     finetune: str = "lora"  # "lora": train a PEFT LoRA adapter; "full": every weight (SFT only)
-    lora_rank: int = 16
-    lora_alpha: int = 32
+    lora_rank: int = field(default=16, metadata=RESUME)
+    lora_alpha: int = field(default=32, metadata=RESUME)
     lora_dropout: float = 0.0
     target_modules: list[str] = field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        metadata=RESUME,
     )
     learning_rate: float = 1e-5
     # Linear warm-up over warmup_steps, then linear decay to 0 at decay_steps optimizer steps; 0: constant.
@@ -20,8 +26,8 @@ class LearnerConfig:
     decay_steps: int = 0
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
-    zero_stage: int = 0
-    num_ranks: int = 1  # data-parallel ranks (Ray actors in one DeepSpeed group)
+    zero_stage: int = field(default=0, metadata=LAYOUT)
+    num_ranks: int = field(default=1, metadata=LAYOUT)  # data-parallel ranks (Ray actors in one DeepSpeed group)
     # ZeRO-3 keeps tensors of fewer elements than this whole on every rank (DeepSpeed's default: 1e5); 0 shards
     # every tensor, which a small model needs to be partitioned at all
     zero3_param_persistence_threshold: int = 100_000
@@ -30,7 +36,9 @@ class LearnerConfig:
     # Recompute each chunk's logits in backward instead of keeping them: memory of one chunk, not of the
     # whole [batch, length, vocab], for one more vocabulary projection per training forward
     logprob_recompute: bool = True
-    # Samples per optimizer step; the rollout batch is split into batch/mini_batch_size updates.
+    # Episodes (root samples, with every turn of theirs that is trained) per optimizer step, whatever the
+    # credit or protocol; a step's episodes are split into ceil(episodes / mini_batch_size) updates. SFT:
+    # samples per optimizer step. micro_batch_size counts trained samples per forward/backward.
     mini_batch_size: int = 8
     micro_batch_size: int = 4
     clip_low: float = 0.2
@@ -43,8 +51,8 @@ class LearnerConfig:
     # Which rounds are trained (learner.credit.CREDIT): "every_round" (round 1 by future accuracy, and the
     # continuation rounds by their own chain's answer: it held at every difficulty of the learning grid) or
     # "first_round" (MOTIF as published: round 1 only)
-    credit: str = "every_round"
-    seed: int = 0
+    credit: str = field(default="every_round", metadata=RESUME)
+    seed: int = field(default=0, metadata=RESUME)
 
     def validate(self) -> None:
         from learner.credit import CREDIT
@@ -67,11 +75,9 @@ class LearnerConfig:
             raise ValueError(f"learner.logprob_chunk_tokens must be >= 1, got {self.logprob_chunk_tokens}")
         if self.num_ranks < 1:
             raise ValueError(f"learner.num_ranks must be >= 1, got {self.num_ranks}")
-        if self.mini_batch_size < 1 or self.micro_batch_size < 1 or self.mini_batch_size % self.micro_batch_size:
-            raise ValueError(
-                f"learner.mini_batch_size ({self.mini_batch_size}) must be a positive multiple of "
-                f"learner.micro_batch_size ({self.micro_batch_size})"
-            )
+        if self.mini_batch_size < 1 or self.micro_batch_size < 1:
+            raise ValueError(f"learner.mini_batch_size and learner.micro_batch_size must be >= 1, got "
+                             f"{self.mini_batch_size}, {self.micro_batch_size}")
         if self.advantage_estimator not in ADVANTAGE_ESTIMATORS:
             raise ValueError(f"learner.advantage_estimator {self.advantage_estimator!r} is not one of {sorted(ADVANTAGE_ESTIMATORS)}")
         if self.policy_loss not in OBJECTIVES:

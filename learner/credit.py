@@ -1,4 +1,4 @@
-"""Which tokens of a multi-round trajectory are trained, and with what advantage, looked up by name.
+"""Which turns of an episode are trained, and with what advantage, looked up by name.
 
 `first_round` is MOTIF as published: only round 1 is trained, its advantage from the future accuracy of its
 continuations. Other protocols (self-correction, adaptive rounds) register their own assignment here without
@@ -11,33 +11,36 @@ from collections.abc import Callable, Sequence
 
 from learner.registry import registrar
 from learner.records import TrainSample
-from rollout.records import MotifTrajectory
+from rollout.records import MODEL, Episode
 
 CREDIT: dict[str, Callable[..., list[TrainSample]]] = {}
 register_credit = registrar(CREDIT)
 
 
 @register_credit("first_round")
-def first_round(trajectories: Sequence[MotifTrajectory], advantages: Sequence[float], **_) -> list[TrainSample]:
-    """Round 1 of every trajectory, with its group-normalised advantage."""
-    return [TrainSample(t.first.prompt_ids, t.first.completion_ids, a)
-            for t, a in zip(trajectories, advantages) if t.first.completion_ids]
+def first_round(episodes: Sequence[Episode], advantages: Sequence[float], **_) -> list[TrainSample]:
+    """The root (round 1) of every episode, with its group-normalised advantage. A turn whose advantage is 0
+    (its group all scored alike) carries no signal and is left out, as under every entry: the token mean and
+    the KL term then do not depend on how many groups were degenerate."""
+    return [TrainSample(e.root.completion.prompt_ids, e.root.completion.completion_ids, a, episode=i)
+            for i, (e, a) in enumerate(zip(episodes, advantages)) if e.root.completion.completion_ids and a != 0.0]
 
 
 @register_credit("every_round")
-def every_round(trajectories: Sequence[MotifTrajectory], advantages: Sequence[float], *,
-                final_scores: Sequence[Sequence[float | None]], estimator: Callable, norm_by_std: bool,
-                continuation_temperature: float) -> list[TrainSample]:
+def every_round(episodes: Sequence[Episode], advantages: Sequence[float], *,
+                final_scores: Sequence[Sequence[float | None]], estimator: Callable, norm_by_std: bool
+                ) -> list[TrainSample]:
     """Round 1 as in `first_round`, and the continuation rounds too: the k chains of a round-1 sample share
     their round-2 prompt, so they form a group, and every round of a chain gets its final answer's score from
-    the configured rewards (`final_scores`, per trajectory and chain; None where it could not be scored, and
+    the configured rewards (`final_scores`, per episode and chain; None where it could not be scored, and
     that chain is left out) normalised within that group. The rounds after round 1 otherwise change only
     through the shared adapter: at a difficulty where most of a solution falls in them, round-1 credit alone
-    leaves them untrained. A chain no better or worse than its siblings carries no signal and is left out."""
-    samples = first_round(trajectories, advantages)
+    leaves them untrained. A chain no better or worse than its siblings carries no signal and is left out. Each
+    turn is scored at the temperature it was sampled at; injected turns are never trained."""
+    samples = first_round(episodes, advantages)
     chains, groups, scores = [], [], []
-    for i, t in enumerate(trajectories):
-        for chain, score in zip(t.chains, final_scores[i]):
+    for i, e in enumerate(episodes):
+        for chain, score in zip(e.chains(), final_scores[i]):
             if score is not None:
                 chains.append(chain)
                 groups.append(i)
@@ -45,11 +48,12 @@ def every_round(trajectories: Sequence[MotifTrajectory], advantages: Sequence[fl
     if not chains:
         return samples
     chain_advantages = estimator(scores, groups, norm_by_std=norm_by_std).tolist()
-    for chain, advantage in zip(chains, chain_advantages):
+    for chain, episode, advantage in zip(chains, groups, chain_advantages):
         if advantage == 0.0:
             continue
-        samples += [TrainSample(c.prompt_ids, c.completion_ids, advantage, continuation_temperature)
-                    for c in chain if c.completion_ids]
+        samples += [TrainSample(t.completion.prompt_ids, t.completion.completion_ids, advantage, t.temperature,
+                                episode=episode)
+                    for t in chain if t.role == MODEL and t.completion.completion_ids]
     return samples
 
 

@@ -62,8 +62,9 @@ class LearnerGroup:
         except RayActorError as e:
             raise WorkerStartFailed(f"a learner rank failed to start: {failure_cause(e)}") from None
 
-    def train_step(self, samples: Sequence[TrainSample]) -> dict[str, float]:
-        local, plans = plan_batch(samples, len(self.ranks), self.mini_batch_size, self.micro_batch_size)
+    def train_step(self, samples: Sequence[TrainSample], shuffle_seed: str | None = None) -> dict[str, float]:
+        """One update over `samples`; `shuffle_seed` decides which episodes share a mini-batch."""
+        local, plans = plan_batch(samples, len(self.ranks), self.mini_batch_size, self.micro_batch_size, shuffle_seed)
         refs = [rank.train_step.remote(part, plan) for rank, part, plan in zip(self.ranks, local, plans)]
         return self._get(refs, "the update")[0]  # every rank returns the group's sums
 

@@ -13,6 +13,8 @@ class TrainSample:
     completion_ids: list[int]
     advantage: float
     temperature: float | None = None  # what it was sampled at (None: the learner's, round 1's)
+    # The episode it is a turn of (None: a sample of its own): a mini-batch holds whole episodes.
+    episode: int | None = None
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
 """A pool of rollout workers behind one `generate`: requests split across workers by expected tokens, results
 back in order, adapters pushed to every worker as bytes, and a dead or hung worker replaced mid-round.
 
-The MOTIF protocol runs here, in the caller, on top of `generate`: each round is one parallel call across the
-pool, and a retried shard is regenerated under the same seed, so a replacement changes no sample.
+The pool knows no protocol: a protocol (rollout.protocols) runs in the caller on top of `generate`, each of its
+rounds one parallel call across the pool; a retried shard is regenerated under the same seed, so a replacement
+changes no sample.
 """
 
 from __future__ import annotations
@@ -18,8 +19,7 @@ from tqdm import tqdm
 
 from rollout.engine import ABORTED
 from rollout.failures import WorkerStartFailed, failure_cause
-from rollout.protocols import MotifSpec, motif_rollout
-from rollout.records import AdapterPayload, Completion, MotifTrajectory, SamplingSpec
+from rollout.records import AdapterPayload, Completion, SamplingSpec
 
 # A worker's first call waits for its engine to start (model load, KV cache) on top of the request itself.
 STARTUP_GRACE_S = 600.0
@@ -87,9 +87,10 @@ class RolloutPool:
                  use_adapter: bool = True) -> list[list[Completion]]:
         """`spec.n` completions per conversation, in order, with each worker taking a balanced share.
 
-        A worker that dies or hangs is replaced and its shard retried whole. A shard whose worker raised is
-        split in halves, each retried on a replacement, so that a poison request ends up alone; a single request
-        that fails MAX_ATTEMPTS times comes back aborted (empty, finish_reason "abort")."""
+        A worker that dies or hangs is replaced and its shard retried whole. A request that raises is a failed
+        request, not a dead worker: the worker stays, and its shard's requests are retried one by one, so that a
+        poison request fails alone. Every call a request is part of counts against its MAX_ATTEMPTS; one that
+        fails that many times comes back aborted (empty, finish_reason "abort")."""
         self._calls += 1
         # Expected tokens: generated ones dominate; a prompt costs about a token per 4 characters.
         costs = [spec.n * spec.max_tokens + sum(len(m["content"]) for m in c) / 4 for c in conversations]
@@ -104,22 +105,32 @@ class RolloutPool:
             pending[ref] = (indices, seed, attempts + 1, w, worker,
                             time.monotonic() + self.call_timeout(len(indices) * spec.n) + grace)
 
-        def retry(indices: list[int], seed: int, attempts: int, w: int, worker, why: str, split: bool = False) -> None:
+        def give_up(indices: list[int]) -> None:
+            tqdm.write(f"{len(indices)} rollout request(s) failed {MAX_ATTEMPTS} times; they come back empty")
+            self.failed_requests += len(indices)
+            for i in indices:
+                results[i] = [Completion([], [], "", [], ABORTED, 0)] * spec.n
+
+        def retry(indices: list[int], seed: int, attempts: int, w: int, worker, why: str) -> None:
+            """The worker died, hung or served a stale adapter: a replacement runs the shard again."""
             if worker is self.workers[w]:  # else it was replaced already, for another request's failure
                 self._replace(w, why)
-            if split and len(indices) > 1:
-                half = len(indices) // 2
-                self.retried_requests += len(indices)
-                submit(indices[:half], shard_seed(seed, "split", 0), attempts - 1, w)
-                submit(indices[half:], shard_seed(seed, "split", 1), attempts - 1, w)
-            elif attempts < MAX_ATTEMPTS:
+            if attempts < MAX_ATTEMPTS:
                 self.retried_requests += len(indices)
                 submit(indices, seed, attempts, w)
             else:
-                tqdm.write(f"{len(indices)} rollout request(s) failed {MAX_ATTEMPTS} times; they come back empty")
-                self.failed_requests += len(indices)
-                for i in indices:
-                    results[i] = [Completion([], [], "", [], ABORTED, 0)] * spec.n
+                give_up(indices)
+
+        def retry_alone(indices: list[int], seed: int, attempts: int, w: int, why: str) -> None:
+            """A request raised in a live worker: each of the shard's requests again on its own, same worker."""
+            if attempts >= MAX_ATTEMPTS:
+                give_up(indices)
+                return
+            if len(indices) > 1:
+                tqdm.write(f"rollout worker {w}: a request {why}; retrying its {len(indices)} requests one by one")
+            self.retried_requests += len(indices)
+            for j, i in enumerate(indices):
+                submit([i], shard_seed(seed, "alone", j) if len(indices) > 1 else seed, attempts, w)
 
         for j, indices in enumerate(shards):
             submit(indices, shard_seed(self.seed, *self._round, self._calls, j), 0, j)
@@ -140,7 +151,7 @@ class RolloutPool:
                               f"died ({'starting' if w in self._fresh else 'mid-request'})")
                     continue
                 except RayTaskError as e:
-                    retry(indices, seed, attempts, w, worker, f"raised {failure_cause(e)}", split=True)
+                    retry_alone(indices, seed, attempts, w, f"raised {failure_cause(e)}")
                     continue
                 if not self._attested(w):
                     retry(indices, seed, attempts, w, worker, f"served without loading adapter version {self.version}")
@@ -191,9 +202,6 @@ class RolloutPool:
         self.workers[index] = worker
         self._fresh.add(index)
         self.restarts += 1
-
-    def motif_rollout(self, questions: Sequence[str], spec: MotifSpec) -> list[MotifTrajectory]:
-        return motif_rollout(self.generate, questions, spec)
 
     def push(self, payload: AdapterPayload | ray.ObjectRef, digest: str, version: int) -> None:
         """Serve `payload` (bytes, or an object-store ref to them) on every worker; each must report loading

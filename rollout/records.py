@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass, field
 
@@ -31,19 +32,81 @@ class Completion:
     worker: int = -1  # index of the rollout worker that generated it
 
 
+MODEL, INJECTED = "model", "injected"  # a turn the model sampled (trainable), or text the protocol wrote
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One turn of an episode: what answered `message`, and where it sits in the episode's tree."""
+
+    completion: Completion  # ids, text, vLLM's logprobs, finish reason, worker, adapter version and digest
+    message: str  # the user message of its prompt
+    index: int  # its round (MOTIF) or attempt, from 1
+    parent: int | None  # the turn it continues, by position in Episode.turns (None: the root)
+    temperature: float  # what it was sampled at
+    role: str = MODEL  # INJECTED turns are never trained
+
+
 @dataclass
-class MotifTrajectory:
-    """A round-1 sample of one prompt and its k continuation chains through rounds 2..R."""
+class Episode:
+    """One sample of one prompt as a tree of turns, in the order they were made: turns[0] is the root (MOTIF:
+    round 1); each later turn names its parent. MOTIF's k continuation chains are the paths from the root's
+    children down to the leaves."""
 
     prompt_index: int
-    first: Completion
-    chains: list[list[Completion]] = field(default_factory=list)  # k chains of R-1 rounds (fewer after a failed one)
-    round_prompts: list[list[str]] = field(default_factory=list)  # user message per chain and round
-    missing_progress: int = 0  # rounds of this trajectory that passed on no <progress> block
+    turns: list[Turn]
+    stats: dict[str, int] = field(default_factory=dict)  # the protocol's counts (MOTIF: missing_progress)
+
+    @property
+    def root(self) -> Turn:
+        return self.turns[0]
+
+    def add(self, turn: Turn) -> int:
+        self.turns.append(turn)
+        return len(self.turns) - 1
+
+    def children(self, index: int) -> list[int]:
+        return [i for i, t in enumerate(self.turns) if t.parent == index]
+
+    def chains(self) -> list[list[Turn]]:
+        """Every path from a child of the root down to a leaf, in the order the children were made."""
+        paths, stack = [], [[i] for i in reversed(self.children(0))]
+        while stack:
+            path = stack.pop()
+            below = self.children(path[-1])
+            if below:
+                stack += [path + [i] for i in reversed(below)]
+            else:
+                paths.append([self.turns[i] for i in path])
+        return paths
 
     def final_texts(self) -> list[str]:
-        """The last round's text of each chain (round 1's own text when R == 1)."""
-        return [chain[-1].text for chain in self.chains] if self.chains else [self.first.text]
+        """The last turn's text of each chain (the root's own text when it has none)."""
+        chains = self.chains()
+        return [chain[-1].completion.text for chain in chains] if chains else [self.root.completion.text]
+
+    def keeping_chains(self, keep: list[int]) -> Episode:
+        """The root and only the chains numbered `keep` (of `chains()`); parents renumbered."""
+        wanted = [self.children(0)[j] for j in keep]
+        kept, position = [0], {0: 0}
+        for i, turn in enumerate(self.turns[1:], 1):
+            top = i
+            while self.turns[top].parent not in (0, None):
+                top = self.turns[top].parent
+            if top in wanted:
+                position[i] = len(kept)
+                kept.append(i)
+        turns = [self.turns[0]] + [dataclasses.replace(self.turns[i], parent=position[self.turns[i].parent])
+                                   for i in kept[1:]]
+        return Episode(self.prompt_index, turns, dict(self.stats))
+
+    def to_json(self) -> list[dict]:
+        """Each turn as samples.jsonl shows it: readable by hand."""
+        return [{"role": t.role, "index": t.index, "parent": t.parent, "message": t.message,
+                 "text": t.completion.text, "tokens": len(t.completion.completion_ids),
+                 "finish_reason": t.completion.finish_reason, "temperature": t.temperature,
+                 "worker": t.completion.worker, "adapter_version": t.completion.adapter_version,
+                 "adapter_digest": t.completion.adapter_digest} for t in self.turns]
 
 
 @dataclass(frozen=True)

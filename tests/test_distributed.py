@@ -116,3 +116,27 @@ def test_two_rank_update_equals_one_rank_update(single_rank, tiny_model, zero_st
             assert partitioned, "ZeRO-3 left some weight whole on a rank"
             assert gathered.keys() == double_weights.keys()
             assert all(gathered[k].equal(double_weights[k]) for k in gathered), "the export is not the trained adapter"
+
+
+def test_mini_batches_hold_whole_episodes_counted_by_their_roots():
+    """Under every_round an episode trains its root and its chains' rounds; `mini_batch_size` counts episodes,
+    so 4 episodes with 1 to 5 trained turns each make 2 mini-batches of 2 whole episodes, whichever ones the
+    seed puts together; the same seed, the same mini-batches; without a seed, the episodes' order."""
+    from learner.batching import mini_batches
+
+    turns = {0: 1, 1: 5, 2: 3, 3: 2}
+    samples = [TrainSample([1], [2], 1.0, episode=e) for e in turns] + \
+        [TrainSample([3], [4], -1.0, 0.8, episode=e) for e, n in turns.items() for _ in range(n - 1)]
+    episode_of = [s.episode for s in samples]
+    for seed in ("0:1", "0:2", "1:1"):
+        minis = mini_batches(samples, 2, seed)
+        assert len(minis) == 2 and sorted(i for m in minis for i in m) == list(range(len(samples)))
+        assert all(len({episode_of[i] for i in m}) == 2 for m in minis)
+        assert all(m == sorted(m) for m in minis)
+        assert all(sum(episode_of[j] == episode_of[i] for j in m) == turns[episode_of[i]] for m in minis for i in m)
+        assert mini_batches(samples, 2, seed) == minis
+    assert len({tuple(map(tuple, mini_batches(samples, 2, f"0:{step}"))) for step in range(20)}) > 1
+    assert [{episode_of[i] for i in m} for m in mini_batches(samples, 2)] == [{0, 1}, {2, 3}]
+    assert mini_batches(samples, 64, "0:1") == [list(range(len(samples)))]  # one mini-batch: the order kept
+    # SFT samples (no episode) count one each.
+    assert mini_batches([TrainSample([1], [2], 0.0)] * 5, 2) == [[0, 1], [2, 3], [4]]

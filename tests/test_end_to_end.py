@@ -70,6 +70,16 @@ def test_motif_train_two_steps_writes_metrics_and_adapter(tmp_path):
         assert m["continuations"] == 2 * 4 * 2  # B*m*k finals
         assert m["reward/brevity/ok"] == 2 * 4  # one value per round-1 sample, none failed
         assert "reward/reward_model/batch_failed" not in m
+    # samples.jsonl holds episodes turn by turn: a round-1 root and its k=2 round-2 turns below it.
+    episodes = [json.loads(line) for line in (run_dir / "samples" / "step-1.jsonl").read_text().splitlines()]
+    assert len(episodes) == 2 * 4
+    for episode in episodes:
+        turns = episode["turns"]
+        assert [(t["index"], t["parent"], t["role"]) for t in turns] == \
+            [(1, None, "model"), (2, 0, "model"), (2, 0, "model")]
+        assert [t["temperature"] for t in turns] == [1.0, 0.8, 0.8]
+        assert episode["finals"] == [t["text"] for t in turns[1:]] and turns[0]["text"] == episode["response"]
+        assert "Progress so far" in turns[1]["message"] and {t["adapter_version"] for t in turns} == {0}
     assert (run_dir / "adapter" / "adapter_config.json").exists()
     assert (run_dir / "adapter" / "adapter_model.safetensors").exists()
     assert not list(run_dir.rglob("*.partial"))

@@ -87,19 +87,24 @@ def test_every_round_credit_trains_each_chain_by_its_own_answer():
     the chain's final answer (from the reward stage) normalised among the sample's k chains, at the continuation
     temperature; chains that all agree carry no signal, and a chain whose answer could not be scored is left out."""
     from learner.credit import CREDIT
-    from rollout.records import Completion, MotifTrajectory
+    from rollout.records import Completion, Episode, Turn
 
-    def completion(prompt: int, text: str) -> Completion:
-        return Completion([prompt], [prompt + 1], text, [0.0], "stop", 1)
+    def turn(prompt: int, text: str, index: int, parent: int | None) -> Turn:
+        return Turn(Completion([prompt], [prompt + 1], text, [0.0], "stop", 1), "m", index, parent,
+                    1.0 if parent is None else 0.8)
+
+    def episode(index: int, root: int, chains: list[tuple[int, str]]) -> Episode:
+        e = Episode(index, [turn(root, "r1", 1, None)])
+        for prompt, final in chains:
+            e.add(turn(prompt + 10, final, 3, e.add(turn(prompt, "r2", 2, 0))))
+        return e
 
     right, wrong = "<answer>\\boxed{4}</answer>", "<answer>\\boxed{5}</answer>"
-    split = MotifTrajectory(0, completion(10, "r1"), chains=[[completion(20, "r2"), completion(30, right)],
-                                                              [completion(40, "r2"), completion(50, wrong)]])
-    agreed = MotifTrajectory(1, completion(60, "r1"), chains=[[completion(70, "r2"), completion(80, right)],
-                                                               [completion(90, "r2"), completion(100, right)]])
+    split = episode(0, 10, [(20, right), (40, wrong)])
+    agreed = episode(1, 60, [(70, right), (90, right)])
     trajectories, advantages = [split, agreed], [0.25, -0.25]
-    options = dict(final_scores=[[1.0, 0.0], [1.0, 1.0]], estimator=grpo_advantages, norm_by_std=True,
-                   continuation_temperature=0.8)
+    assert [[t.completion.prompt_ids for t in chain] for chain in split.chains()] == [[[20], [30]], [[40], [50]]]
+    options = dict(final_scores=[[1.0, 0.0], [1.0, 1.0]], estimator=grpo_advantages, norm_by_std=True)
 
     first = CREDIT["first_round"](trajectories, advantages, **options)
     assert [(s.prompt_ids, s.advantage, s.temperature) for s in first] == [([10], 0.25, None), ([60], -0.25, None)]
@@ -110,3 +115,11 @@ def test_every_round_credit_trains_each_chain_by_its_own_answer():
         ([20], round(half, 6), 0.8), ([30], round(half, 6), 0.8), ([40], round(-half, 6), 0.8), ([50], round(-half, 6), 0.8)]
     unscored = CREDIT["every_round"](trajectories, advantages, **{**options, "final_scores": [[1.0, None], [1.0, 1.0]]})
     assert unscored == first  # one scored chain alone in its group: advantage 0, nothing to train
+    # A root whose group scored alike (advantage 0) is left out as a chain is, under both entries; its chains,
+    # which carry signal of their own, are trained; every trained turn names its episode.
+    for name in ("first_round", "every_round"):
+        trained = CREDIT[name](trajectories, [0.0, -0.25], **options)
+        assert [s.prompt_ids for s in trained if s.temperature is None] == [[60]]
+        assert all(s.episode == (0 if s.prompt_ids[0] < 60 else 1) for s in trained)
+    assert [s.prompt_ids for s in CREDIT["every_round"](trajectories, [0.0, -0.25], **options)][1:] == \
+        [[20], [30], [40], [50]]

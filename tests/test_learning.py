@@ -35,7 +35,8 @@ def test_sft_model_greedy_output_under_vllm_equals_hf(ray_session, warm_start):
     from cluster.tasks.toy_task import toy_problems
     from rewards import FORMATS
     from rollout.actor import RolloutWorker
-    from rollout.protocols import SYSTEM_PROMPT, conversation, first_round_message
+    from rollout.protocols import conversation
+    from rollout.protocols.motif import SYSTEM_PROMPT, first_round_message
     from rollout.records import SamplingSpec
 
     model_path, _ = warm_start

@@ -1,11 +1,13 @@
-"""MOTIF fan-out: B prompts -> B*m round-1 samples -> B*m*k finals, progress carried, versions tagged."""
+"""MOTIF fan-out: B prompts -> B*m episodes (a round-1 root, k chains below it) -> B*m*k finals, progress carried,
+versions tagged; the protocols' turns, trees and stop rule on scripted model output."""
 
 from __future__ import annotations
 
 import pytest
 
-from rollout.protocols import MotifSpec, motif_rollout
-from rollout.records import Completion, SamplingSpec
+from rollout.protocols import PROTOCOLS
+from rollout.protocols.motif import MotifSpec, motif_rollout
+from rollout.records import INJECTED, MODEL, Completion, Episode, SamplingSpec, Turn
 
 QUESTIONS = ["What is 7 * 6?", "A train travels 60 miles in 2 hours. What is its speed?"]
 
@@ -13,30 +15,31 @@ QUESTIONS = ["What is 7 * 6?", "A train travels 60 miles in 2 hours. What is its
 def test_fan_out_through_the_pool(ray_session, rollout_worker, rollout_pool):
     spec = MotifSpec(samples_per_prompt=3, continuations=2, rounds=3,
                      first_round=SamplingSpec(max_tokens=12), continuation=SamplingSpec(temperature=0.8, max_tokens=12))
-    trajectories = rollout_pool.motif_rollout(QUESTIONS, spec)
+    trajectories = PROTOCOLS["motif"].rollout(rollout_pool.generate, QUESTIONS, spec)
     version = ray_session.get(rollout_worker.adapter_version.remote())
     B, m, k, R = len(QUESTIONS), 3, 2, 3
     assert len(trajectories) == B * m
     assert sorted(t.prompt_index for t in trajectories) == sorted(list(range(B)) * m)
-    assert all(len(t.chains) == k and all(len(chain) == R - 1 for chain in t.chains) for t in trajectories)
+    assert all(len(t.chains()) == k and all(len(chain) == R - 1 for chain in t.chains()) for t in trajectories)
     assert sum(len(t.final_texts()) for t in trajectories) == B * m * k
     for t in trajectories:
-        assert t.first.completion_ids and t.first.adapter_version == version
-        for chain, prompts in zip(t.chains, t.round_prompts):
-            assert all(c.adapter_version == version for c in chain)
+        assert t.root.completion.completion_ids and t.root.completion.adapter_version == version
+        for chain in t.chains():
+            prompts = [turn.message for turn in chain]
+            assert all(turn.completion.adapter_version == version for turn in chain)
             assert "round 2 of 3" in prompts[0] and "round 3 of 3" in prompts[1]
             assert "\\boxed" in prompts[1] and "\\boxed" not in prompts[0]
             assert QUESTIONS[t.prompt_index] in prompts[0]
     # The k continuations of one round-1 sample are independent samples, not copies.
-    distinct = sum(len({tuple(chain[0].completion_ids) for chain in t.chains}) > 1 for t in trajectories)
+    distinct = sum(len({tuple(chain[0].completion.completion_ids) for chain in t.chains()}) > 1 for t in trajectories)
     assert distinct > 0
 
 
 def test_frozen_base_continuations_use_version_zero(rollout_pool):
     spec = MotifSpec(samples_per_prompt=2, continuations=2, rounds=2, continuation_policy="frozen_base",
                      first_round=SamplingSpec(max_tokens=8), continuation=SamplingSpec(max_tokens=8))
-    trajectories = rollout_pool.motif_rollout(QUESTIONS[:1], spec)
-    assert all(c.adapter_version == 0 for t in trajectories for chain in t.chains for c in chain)
+    trajectories = PROTOCOLS["motif"].rollout(rollout_pool.generate, QUESTIONS[:1], spec)
+    assert all(turn.completion.adapter_version == 0 for t in trajectories for chain in t.chains() for turn in chain)
 
 
 class ScriptedModel:
@@ -69,22 +72,65 @@ def test_round_prompts_carry_progress_not_reasoning_and_batch_each_round():
     # one batched call per round: B prompts (n=m), then B*m prompts (n=k), then B*m*k prompts (n=1)
     assert model.calls == [(2, 4), (8, 3), (24, 1)]
     for t in trajectories:
-        for chain, prompts in zip(t.chains, t.round_prompts):
-            previous = [t.first.text] + [c.text for c in chain[:-1]]
-            for prev_text, prompt in zip(previous, prompts):
+        # The tree: the root (round 1), k round-2 children, each with one round-3 child; all model turns.
+        assert [(turn.index, turn.parent) for turn in t.turns] == [(1, None), (2, 0), (2, 0), (2, 0), (3, 1), (3, 2), (3, 3)]
+        assert all(turn.role == MODEL for turn in t.turns)
+        assert [turn.temperature for turn in t.turns] == [1.0] + [0.8] * 6
+        for chain in t.chains():
+            previous = [t.root.completion.text] + [turn.completion.text for turn in chain[:-1]]
+            for prev_text, prompt in zip(previous, [turn.message for turn in chain]):
                 progress = prev_text.split("<progress>")[1].split("</progress>")[0].strip()
                 assert progress in prompt and "spans lines" in prompt
                 assert "SECRET-REASONING" not in prompt
                 assert ("Q-one" if t.prompt_index == 0 else "Q-two") in prompt
-        assert t.final_texts() == [chain[-1].text for chain in t.chains]
+        assert t.final_texts() == [chain[-1].completion.text for chain in t.chains()]
         assert all("\\boxed{42}" in text for text in t.final_texts())
 
 
 def test_single_round_is_plain_grpo():
+    """The single protocol stops after one turn, whatever rounds the spec it is handed says."""
     model = ScriptedModel()
-    trajectories = motif_rollout(model, ["Q"], MotifSpec(samples_per_prompt=5, rounds=1))
+    trajectories = PROTOCOLS["single"].rollout(model, ["Q"], MotifSpec(samples_per_prompt=5, rounds=3))
     assert model.calls == [(1, 5)] and len(trajectories) == 5
-    assert all(t.chains == [] and t.final_texts() == [t.first.text] for t in trajectories)
+    assert all(len(t.turns) == 1 and t.chains() == [] and t.final_texts() == [t.root.completion.text]
+               for t in trajectories)
+    assert all("round 1 of 1" in t.root.message and "give the final answer" in t.root.message for t in trajectories)
+
+
+def test_protocol_config_checks_name_the_keys():
+    from cluster.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="rollout.protocol=single has one round"):
+        load_config("tests/configs/smoke.yaml", ["rollout.protocol=single"])
+    with pytest.raises(ConfigError, match="rollout.protocol=motif needs rollout.rounds >= 2"):
+        load_config("tests/configs/smoke.yaml", ["rollout.protocol=motif", "rollout.rounds=1"])
+    with pytest.raises(ConfigError, match="is not one of motif, single"):
+        load_config("tests/configs/smoke.yaml", ["rollout.protocol=debate"])
+    assert load_config("tests/configs/smoke.yaml", ["rollout.rounds=1"]).rollout.protocol is None  # single
+
+
+def test_injected_turns_are_never_trained():
+    """A turn the protocol wrote (role injected) stays out of every credit assignment; the model's turns of the
+    same chain are trained."""
+    from learner.advantages import grpo_advantages
+    from learner.credit import CREDIT
+
+    def turn(ids, index, parent, role=MODEL):
+        return Turn(Completion([9], ids, "t", [0.0] * len(ids), "stop", 1), "m", index, parent, 0.8, role)
+
+    def episode(prompt):
+        e = Episode(prompt, [Turn(Completion([1], [2], "r1", [0.0], "stop", 1), "m", 1, None, 1.0)])
+        for chain in range(2):
+            below = e.add(turn([10 + chain], 2, 0, INJECTED))
+            e.add(turn([20 + chain], 3, below))
+        return e
+
+    episodes = [episode(0), episode(1)]
+    trained = CREDIT["every_round"](episodes, [1.0, -1.0], final_scores=[[1.0, 0.0], [0.0, 1.0]],
+                                    estimator=grpo_advantages, norm_by_std=True)
+    completions = [s.completion_ids for s in trained]
+    assert completions == [[2], [2], [20], [21], [20], [21]]
+    assert all(s.temperature == 0.8 for s in trained[2:])
 
 
 @pytest.mark.parametrize("kwargs", [dict(samples_per_prompt=0), dict(rounds=0), dict(continuation_policy="base")])
@@ -114,15 +160,15 @@ class ForgetfulModel(ScriptedModel):
 
 
 def test_missing_progress_carries_nothing_and_is_counted():
-    from rollout.protocols import MISSING_PROGRESS
+    from rollout.protocols.motif import MISSING_PROGRESS
 
     model = ForgetfulModel()
     trajectories = motif_rollout(model, ["Q-one"], MotifSpec(samples_per_prompt=2, continuations=3, rounds=3))
     for t in trajectories:
-        for prompts in t.round_prompts:
-            assert all(MISSING_PROGRESS in p and "SECRET-REASONING" not in p for p in prompts)
+        for chain in t.chains():
+            assert all(MISSING_PROGRESS in turn.message and "SECRET-REASONING" not in turn.message for turn in chain)
         # round 1 once, then each of the k chains' round 2: 1 + 3 rounds passed on no progress
-        assert t.missing_progress == 1 + 3
+        assert t.stats["missing_progress"] == 1 + 3
 
 
 def test_each_round_is_told_what_it_is_rewarded_for():

@@ -13,7 +13,8 @@ from cluster.config import ConfigError, load_config
 from cluster.spec import motif_spec
 from rewards import FORMATS, RewardSample, RewardTerm, build_rewards, motivation_text, score_samples, strip_thinking
 from rewards.registry import Reward, RewardScores
-from rollout.protocols import SYSTEM_PROMPT, motif_response_format
+from rollout.protocols import PROTOCOLS
+from rollout.protocols.motif import SYSTEM_PROMPT, motif_response_format
 from rollout.records import SamplingSpec
 
 USER_REWARDS = textwrap.dedent('''
@@ -218,8 +219,8 @@ def test_motivation_reaches_the_model_prompt(rollout_pool, tiny_model):
     rewards = build_rewards(config.reward.components, "reasoning_answer")
     spec = motif_spec(config, rewards)
     spec = dataclasses.replace(spec, first_round=SamplingSpec(max_tokens=2), samples_per_prompt=2)
-    (trajectory, _) = rollout_pool.motif_rollout(["What is 2+2?"], spec)
-    prompt = AutoTokenizer.from_pretrained(tiny_model).decode(trajectory.first.prompt_ids)
+    (episode, _) = PROTOCOLS["single"].rollout(rollout_pool.generate, ["What is 2+2?"], spec)
+    prompt = AutoTokenizer.from_pretrained(tiny_model).decode(episode.root.completion.prompt_ids)
     assert motivation_text(rewards) in prompt
 
 
@@ -236,7 +237,7 @@ def test_credit_reads_the_configured_rewards_and_the_grader_is_never_called(tmp_
     import rewards.grading
     from learner.advantages import grpo_advantages
     from learner.credit import CREDIT
-    from rollout.records import Completion, MotifTrajectory
+    from rollout.records import Completion, Episode, Turn
 
     def no_grading(*_):
         raise AssertionError("the math grader was called")
@@ -249,12 +250,12 @@ def test_credit_reads_the_configured_rewards_and_the_grader_is_never_called(tmp_
     scored = score_samples(configured, samples, final_format="reasoning_answer")
     assert scored.finals == [[pytest.approx(2.0 * len(t) / 100) for t in f] for f in finals]
 
-    def completion(text: str) -> Completion:
-        return Completion([1], [2, 3], text, [0.0, 0.0], "stop", 1)
+    def turn(text: str, index: int, parent: int | None) -> Turn:
+        return Turn(Completion([1], [2, 3], text, [0.0, 0.0], "stop", 1), "m", index, parent, 0.8)
 
-    trajectories = [MotifTrajectory(i, completion("r1"), chains=[[completion(t)] for t in f]) for i, f in enumerate(finals)]
-    trained = CREDIT["every_round"](trajectories, [0.5, -0.5], final_scores=scored.finals, estimator=grpo_advantages,
-                                    norm_by_std=True, continuation_temperature=0.8)
+    episodes = [Episode(i, [turn("r1", 1, None)] + [turn(t, 2, 0) for t in f]) for i, f in enumerate(finals)]
+    trained = CREDIT["every_round"](episodes, [0.5, -0.5], final_scores=scored.finals, estimator=grpo_advantages,
+                                    norm_by_std=True)
     expected = grpo_advantages([s for f in scored.finals for s in f], [0, 0, 1, 1, 1]).tolist()
     assert [s.advantage for s in trained[2:]] == pytest.approx(expected)
     assert expected[0] < 0 < expected[1] and expected[2] == expected[3] < 0 < expected[4]

@@ -1,5 +1,5 @@
-"""Failed generations never become results: a worker that raises is replaced and its shard split until only the
-poison request is aborted; an aborted continuation leaves its sample's reward instead of grading as wrong; an
+"""Failed generations never become results: a request that raises is a failed request, not a dead worker (no
+replacement), retried alone within its attempts until only the poison request is aborted; an aborted continuation leaves its sample's reward instead of grading as wrong; an
 evaluation with failed samples leaves them out, or writes no summary at all.
 
 The rollout worker here is scripted (no engine): what is under test is the pool's and the driver's handling of
@@ -18,8 +18,9 @@ from cluster.evaluation import EvalFailed, evaluate
 from rewards import RewardTerm, build_rewards, score_samples
 from rollout.engine import ABORTED
 from rollout.pool import RolloutPool
-from rollout.protocols import MotifSpec
-from rollout.records import Completion, MotifTrajectory, SamplingSpec
+from rollout.protocols.motif import MotifSpec
+from rollout.protocols import PROTOCOLS
+from rollout.records import Completion, SamplingSpec
 
 POISON, RAISE_ONCE, ABORT_ONE = "POISON", "RAISE-ONCE", "ABORT-ONE"
 
@@ -63,17 +64,19 @@ def test_poison_request_alone_is_aborted_and_aborted_continuations_leave_the_rew
     spec = MotifSpec(samples_per_prompt=2, continuations=2, rounds=2,
                      first_round=SamplingSpec(max_tokens=8), continuation=SamplingSpec(max_tokens=8))
     pool.begin("train", 1)
-    trajectories = pool.motif_rollout(questions, spec)
+    trajectories = PROTOCOLS["motif"].rollout(pool.generate, questions, spec)
     counters = pool.take_counters()
 
     aborted = {questions[t.prompt_index] for t in trajectories
-               for c in [t.first, *[c for chain in t.chains for c in chain]] if c.finish_reason == ABORTED}
+               for turn in t.turns if turn.completion.finish_reason == ABORTED}
     assert aborted == {questions[0], questions[2]}  # the poison, and the one scripted continuation abort
-    assert all(t.first.finish_reason == ABORTED and not t.chains for t in trajectories if t.prompt_index == 0)
-    assert all(t.first.finish_reason == "stop" for t in trajectories if t.prompt_index != 0)
-    # Round 1: one poison request, whose aborted samples are not continued. Nothing else failed.
+    assert all(t.root.completion.finish_reason == ABORTED and not t.chains() for t in trajectories if t.prompt_index == 0)
+    assert all(t.root.completion.finish_reason == "stop" for t in trajectories if t.prompt_index != 0)
+    # Round 1: one poison request, whose aborted samples are not continued. Nothing else failed, and the worker,
+    # alive throughout, was never replaced: the shard went again request by request, the poison alone 3 times.
     assert counters["rollout/failed_requests"] == 1
-    assert counters["rollout/worker_restarts"] >= 4  # splits and retries each ran on a fresh worker
+    assert counters["rollout/worker_restarts"] == 0
+    assert counters["rollout/retried_requests"] == 4 + 1 + 1  # the shard one by one; RAISE-ONCE and POISON again
 
     kept, dropped = attested(trajectories, "", "")
     assert dropped["failed"] == 2 and dropped["dropped_continuations"] == 2
@@ -83,7 +86,7 @@ def test_poison_request_alone_is_aborted_and_aborted_continuations_leave_the_rew
     scored = score_samples(rewards, reward_samples(kept, batch, spec))
     totals, _ = scored.totals, scored.metrics
     # The ABORT-ONE samples keep one finished continuation, which is right: accuracy 1, not 0.5.
-    assert [len(t.chains) for t in kept if t.prompt_index == 2] == [1, 1]
+    assert [len(t.chains()) for t in kept if t.prompt_index == 2] == [1, 1]
     assert totals == [1.0] * len(kept)
     pool.shutdown()
 
@@ -97,11 +100,10 @@ class FailingPool:
     def begin(self, *key):
         pass
 
-    def motif_rollout(self, questions, spec):
+    def generate(self, conversations, spec, use_adapter=True):
         done = Completion([1], [2], "\\boxed{4}", [-0.1], "stop", 0)
         lost = Completion([1], [], "", [], ABORTED, 0)
-        return [MotifTrajectory(b, lost if b == 0 and j < self.failed else done)
-                for b in range(len(questions)) for j in range(spec.samples_per_prompt)]
+        return [[lost if b == 0 and j < self.failed else done for j in range(spec.n)] for b in range(len(conversations))]
 
 
 @pytest.mark.parametrize("failed", [1, 3])
@@ -162,8 +164,9 @@ def test_a_new_worker_removes_adapter_folders_of_workers_that_are_gone():
 
 
 def test_training_accuracy_far_from_held_out_is_reported_during_training(tmp_path, capsys):
-    """Held-out pass@1 (here 1.0: every scripted answer is right) against the steps' reward/accuracy: a gap beyond
-    both estimates' noise is logged and said on the console; one within it is only logged."""
+    """Held-out pass@1 (here 1.0: every scripted answer is right) against the steps' reward/accuracy between two
+    evaluations: a gap beyond both estimates' noise is logged and said on the console; one within it is only
+    logged; the first evaluation has nothing to compare."""
     from cluster.config import load_config
     from cluster.loop.held_out import HeldOutEval
     from cluster.spec import motif_spec
@@ -172,12 +175,13 @@ def test_training_accuracy_far_from_held_out_is_reported_during_training(tmp_pat
                                                       "rollout.rounds=1"])
     held_out = HeldOutEval(config, FailingPool(0), motif_spec(config, []), tmp_path)
     held_out.problems = [Problem(p.question, "4", p.row) for p in held_out.problems]  # the pool always says 4
+    assert "eval/generalization_gap" not in held_out.run(0)
     for accuracy in (0.20, 0.30, 0.25, 0.35):
         held_out.track({"reward/accuracy": accuracy})
     metrics = held_out.run(10)
     assert metrics["eval/pass@1"] == 1.0 and metrics["eval/train_accuracy"] == 0.275
     assert metrics["eval/generalization_gap"] == -0.725
-    assert "differs from held-out pass@1 by -0.725" in capsys.readouterr().out
+    assert "differs from held-out pass@1 over the same stretch (1.000" in capsys.readouterr().out
     for accuracy in (0.99, 1.0, 0.98, 1.0):
         held_out.track({"reward/accuracy": accuracy})
     assert held_out.run(20)["eval/train_accuracy"] > 0.97
@@ -205,3 +209,36 @@ def test_a_run_with_nothing_to_learn_from_stops_with_the_resume_command(tmp_path
     assert f"motif train --config {run_dir / 'config.yaml'} --resume auto" in last
     steps = [line for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert len(steps) == 2 and all('"skipped_step": 1.0' in s for s in steps)
+
+
+def test_the_divergence_estimate_equals_a_hand_computation_with_identical_samples_per_question():
+    """Each question's n samples identical (all right or all wrong): the question, not the sample, is the unit,
+    so the evaluation's stderr is the sd of the per-question accuracies over sqrt(questions), far above the
+    binomial sqrt(p(1-p)/(questions*n)) that independent samples would give. The note's estimate is that, with
+    the steps' spread, against the midpoint of the evaluations around the steps."""
+    import math
+
+    from cluster.evaluation import summarize, t_quantile
+    from cluster.loop.held_out import divergence
+
+    def scripted(right: list[bool], n: int = 4) -> dict:
+        samples = [{"question_id": q, "correct": ok, "answer": "4" if ok else "5", "tokens": [3], "format_ok": True,
+                    "truncated": False, "prompt_too_long": False} for q, ok in enumerate(right) for _ in range(n)]
+        return summarize(samples, n)
+
+    before, after = scripted([True, False, False, False, True, False]), scripted([True, True, False, True, True, False])
+    # Hand: per-question accuracies 0/1; sd with Q-1 = 5.
+    for summary, p in ((before, 2 / 6), (after, 4 / 6)):
+        sd = math.sqrt((6 * p * (1 - p) * 6 / 5) / 6)  # sum of squared deviations of Q 0/1 values over Q-1
+        assert summary["pass@1"] == pytest.approx(p)
+        assert summary["pass@1_stderr"] == pytest.approx(sd / math.sqrt(6))
+        assert summary["pass@1_stderr"] > 1.9 * math.sqrt(p * (1 - p) / 24)  # not the independent-sample error
+    steps = [0.40, 0.55, 0.45, 0.60]
+    train, held, gap, half = divergence(steps, (before["pass@1"], before["pass@1_stderr"]),
+                                        (after["pass@1"], after["pass@1_stderr"]))
+    mean = sum(steps) / 4
+    steps_se = math.sqrt(sum((a - mean) ** 2 for a in steps) / 3) / 2
+    midpoint_se = (before["pass@1_stderr"] + after["pass@1_stderr"]) / 2
+    assert (train, held, gap) == pytest.approx((0.5, 0.5, 0.0))
+    assert half == pytest.approx(t_quantile(0.975, 3) * math.sqrt(steps_se ** 2 + midpoint_se ** 2))
+

@@ -17,7 +17,7 @@ class Recorder:
         self.calls, self.name = calls, name
 
     def __getattr__(self, method):
-        def call(*args):
+        def call(*args, **kwargs):
             self.calls.append(f"{self.name}.{method}")
             if method == "train_step":
                 return {"loss": 0.5}
@@ -31,7 +31,7 @@ class Recorder:
 @pytest.mark.parametrize("colocated", [True, False])
 def test_the_learner_releases_memory_before_the_engines_wake(colocated, tmp_path):
     calls: list[str] = []
-    parts = StepParts(load_config("tests/configs/smoke.yaml"), Recorder(calls, "pool"), Recorder(calls, "learner"),
+    parts = StepParts(load_config("tests/configs/smoke.yaml"), Recorder(calls, "pool"), Recorder(calls, "learner"), protocol=None,
                       spec=None, rewards=[], estimator=None, credit=None, scores_answers=False, samples_dir=tmp_path, colocated=colocated)
     metrics = train_and_push(parts, [TrainSample([1], [2], 1.0)], version=3)
     if colocated:

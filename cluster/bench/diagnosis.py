@@ -23,7 +23,7 @@ from pathlib import Path
 import yaml
 
 from cluster.tasks.toy_task import LETTERS, ToyConfig, ToyProblem, parse_progress, parse_question, parse_steps, toy_problems
-from rewards.format import extract_progress
+from rollout.protocols.formats import extract_progress
 from rewards.math_answers import extract_answer, parse_number
 
 # Every kind of outcome, in the order a solution can meet them (the table's order). See `attribute`.

@@ -11,8 +11,26 @@ from pathlib import Path
 from tqdm import tqdm
 
 from cluster.config import RunConfig
-from cluster.evaluation import EvalFailed, eval_problems, eval_spec, evaluate, write_eval
-from rollout.protocols import MotifSpec
+from cluster.evaluation import EvalFailed, eval_problems, eval_spec, evaluate, t_quantile, write_eval
+from rollout.protocols.motif import MotifSpec
+
+
+def divergence(train_accuracy: list[float], before: tuple[float, float], after: tuple[float, float]
+               ) -> tuple[float, float, float, float]:
+    """(training accuracy, held-out pass@1, their gap, the gap's 95% half-width) over one window of steps.
+
+    The window's steps sampled with the adapters of the steps before them, between the two evaluated ones
+    (`before`, `after`: pass@1 and its stderr), so its training accuracy compares with the midpoint of the two
+    evaluations, not with the later one alone: while the model learns, the later one is ahead of every step
+    of the window. Noise: each step's accuracy is one draw of B questions (the steps are the units, the
+    questions within a step are not independent of each other's difficulty draws); the two evaluations share
+    their questions, so the midpoint's stderr is taken as the mean of theirs (fully correlated, the
+    conservative end), and with few steps t replaces the normal quantile."""
+    steps = len(train_accuracy)
+    train = statistics.fmean(train_accuracy)
+    held = (before[0] + after[0]) / 2
+    stderr = math.hypot(statistics.stdev(train_accuracy) / math.sqrt(steps), (before[1] + after[1]) / 2)
+    return train, held, train - held, t_quantile(0.975, steps - 1) * stderr
 
 
 class HeldOutEval:
@@ -30,6 +48,7 @@ class HeldOutEval:
         # training does; their gap is then the generalisation gap.
         self.comparable = e.temperature is None and e.rounds in (None, r.rounds) and e.max_tokens in (None, r.max_tokens)
         self.train_accuracy: list[float] = []
+        self.last: tuple[float, float] | None = None  # the previous evaluation's pass@1 and stderr
 
     def track(self, metrics: dict) -> None:
         """Collect a step's training accuracy for the next evaluation's comparison."""
@@ -56,16 +75,15 @@ class HeldOutEval:
         tqdm.write(f"eval step {step} | pass@1 {summary['pass@1']:.3f}{interval} | maj@{n} {summary[f'maj@{n}']:.3f} "
                    f"| format {summary['format_rate']:.2f}")
         metrics = {f"eval/{k}": float(v) for k, v in summary.items() if isinstance(v, (int, float))}
-        if self.comparable and len(self.train_accuracy) > 1 and summary["pass@1_stderr"] is not None:
-            train = statistics.fmean(self.train_accuracy)
-            gap = train - summary["pass@1"]
-            # Both are estimates: the steps' accuracies vary from batch to batch, the evaluation over questions.
-            stderr = math.hypot(statistics.stdev(self.train_accuracy) / math.sqrt(len(self.train_accuracy)),
-                                summary["pass@1_stderr"])
+        now = (summary["pass@1"], summary["pass@1_stderr"])
+        if self.comparable and len(self.train_accuracy) > 1 and now[1] is not None and self.last is not None:
+            train, held, gap, half = divergence(self.train_accuracy, self.last, now)
             metrics.update({"eval/train_accuracy": train, "eval/generalization_gap": gap})
-            if abs(gap) > 1.96 * stderr:
+            if abs(gap) > half:
                 tqdm.write(f"note: training accuracy over the last {len(self.train_accuracy)} steps ({train:.3f}) "
-                           f"differs from held-out pass@1 by {gap:+.3f}, beyond both estimates' noise "
-                           f"(95%: +-{1.96 * stderr:.3f}): training and held-out questions diverge")
+                           f"differs from held-out pass@1 over the same stretch ({held:.3f}, between the "
+                           f"evaluations before and after it) by {gap:+.3f}, beyond both estimates' noise "
+                           f"(95%: +-{half:.3f}): training and held-out questions diverge")
+        self.last = now if now[1] is not None else None
         self.train_accuracy = []
         return {**metrics, "time_eval": time.perf_counter() - t0}

@@ -4,7 +4,6 @@ schedule (cluster/loop/sync.py); an asynchronous schedule reuses these parts."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import random
 import time
@@ -18,8 +17,9 @@ from cluster.tasks.data import Problem
 from learner.records import TrainSample
 from rewards import Reward, RewardSample, score_samples
 from rollout.engine import ABORTED, PROMPT_TOO_LONG
-from rollout.protocols import MotifSpec, motif_response_format
-from rollout.records import MotifTrajectory
+from rollout.protocols import Protocol
+from rollout.protocols.motif import MotifSpec, motif_response_format
+from rollout.records import Episode
 
 
 def prompt_batch(problems: list[Problem], size: int, seed: int, index: int) -> list[Problem]:
@@ -34,70 +34,76 @@ def prompt_batch(problems: list[Problem], size: int, seed: int, index: int) -> l
     return order[position * size : (position + 1) * size]
 
 
-def reward_samples(trajectories: list[MotifTrajectory], batch: list[Problem], spec: MotifSpec) -> list[RewardSample]:
+def reward_samples(episodes: list[Episode], batch: list[Problem], spec: MotifSpec) -> list[RewardSample]:
     return [
         RewardSample(
-            question=batch[t.prompt_index].question,
-            gold=batch[t.prompt_index].gold,
-            response=t.first.text,
-            finals=tuple(t.final_texts()),
+            question=batch[e.prompt_index].question,
+            gold=batch[e.prompt_index].gold,
+            response=e.root.completion.text,
+            finals=tuple(e.final_texts()),
             response_format=spec.response_format,
         )
-        for t in trajectories
+        for e in episodes
     ]
 
 
-def attested(trajectories: list[MotifTrajectory], digest: str, continuation_digest: str) -> tuple[list[MotifTrajectory], Counter]:
-    """The trajectories a step trains on: round 1 finished under the adapter just pushed (`digest`), and of its
-    continuation chains only those whose every round finished under the expected policy (`continuation_digest`:
+def attested(episodes: list[Episode], digest: str, continuation_digest: str) -> tuple[list[Episode], Counter]:
+    """The episodes a step trains on: the root finished under the adapter just pushed (`digest`), and of its
+    continuation chains only those whose every turn finished under the expected policy (`continuation_digest`:
     the same adapter, or "" for the frozen base model). A failed or stale continuation says nothing about its
-    round-1 sample, so it leaves the reward instead of counting as a wrong answer; a sample left with no chain
-    is dropped."""
+    root, so it leaves the reward instead of counting as a wrong answer; an episode left with no chain is
+    dropped."""
     kept, counts = [], Counter()
-    for t in trajectories:
-        if t.first.finish_reason == ABORTED:
+    for e in episodes:
+        if e.root.completion.finish_reason == ABORTED:
             counts["failed"] += 1
             continue
-        if t.first.adapter_digest != digest:
+        if e.root.completion.adapter_digest != digest:
             counts["stale"] += 1
             continue
-        if t.chains:
-            good = [i for i, chain in enumerate(t.chains)
-                    if all(c.finish_reason != ABORTED and c.adapter_digest == continuation_digest for c in chain)]
-            counts["dropped_continuations"] += len(t.chains) - len(good)
+        chains = e.chains()
+        if chains:
+            good = [i for i, chain in enumerate(chains)
+                    if all(t.completion.finish_reason != ABORTED and t.completion.adapter_digest == continuation_digest
+                           for t in chain)]
+            counts["dropped_continuations"] += len(chains) - len(good)
             if not good:
                 counts["failed"] += 1
                 continue
-            t = dataclasses.replace(t, chains=[t.chains[i] for i in good],
-                                    round_prompts=[t.round_prompts[i] for i in good])
-        kept.append(t)
+            if len(good) < len(chains):
+                e = e.keeping_chains(good)
+        kept.append(e)
     return kept, counts
 
 
-def rollout_stats(trajectories: list[MotifTrajectory]) -> dict:
-    firsts = [t.first for t in trajectories]
-    finals = [c for t in trajectories for chain in t.chains for c in chain[-1:]]
+def rollout_stats(episodes: list[Episode]) -> dict:
+    roots = [e.root.completion for e in episodes]
+    finals = [chain[-1].completion for e in episodes for chain in e.chains()]
+    counted = sorted({key for e in episodes for key in e.stats})
     return {
-        "response_length": sum(len(c.completion_ids) for c in firsts) / len(firsts),
-        "truncated_rate": sum(c.finish_reason == "length" for c in firsts) / len(firsts),
-        "prompts_too_long": sum(c.finish_reason == PROMPT_TOO_LONG for c in firsts + finals),
+        "response_length": sum(len(c.completion_ids) for c in roots) / len(roots),
+        "truncated_rate": sum(c.finish_reason == "length" for c in roots) / len(roots),
+        "prompts_too_long": sum(c.finish_reason == PROMPT_TOO_LONG for c in roots + finals),
         "continuations": len(finals),
-        "rollout/missing_progress": sum(t.missing_progress for t in trajectories),
+        **{f"rollout/{key}": sum(e.stats.get(key, 0) for e in episodes) for key in counted},
     }
 
 
-def write_samples(path: Path, step: int, batch: list[Problem], trajectories: list[MotifTrajectory],
+def write_samples(path: Path, step: int, batch: list[Problem], episodes: list[Episode],
                   totals: list[float], advantages: list[float]) -> None:
-    """Every trajectory of a step: what was sampled, by which worker under which adapter, and what it earned."""
+    """Every episode of a step, turn by turn (role, parent, text, sampler): what was sampled, by which worker
+    under which adapter, and what it earned."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w") as f:
-        for t, total, advantage in zip(trajectories, totals, advantages):
+        for e, total, advantage in zip(episodes, totals, advantages):
+            root = e.root.completion
             f.write(json.dumps({
-                "step": step, "prompt": t.prompt_index, "question_id": batch[t.prompt_index].row,
-                "response": t.first.text, "finals": t.final_texts(), "reward": total, "advantage": advantage,
-                "worker": t.first.worker, "adapter_version": t.first.adapter_version,
-                "adapter_digest": t.first.adapter_digest,
+                "step": step, "prompt": e.prompt_index, "question_id": batch[e.prompt_index].row,
+                "response": root.text, "finals": e.final_texts(), "reward": total, "advantage": advantage,
+                "worker": root.worker, "adapter_version": root.adapter_version, "adapter_digest": root.adapter_digest,
+                "turns": e.to_json(),
             }) + "\n")
+
 
 # The FORMATS entry of a turn that ends in the final answer (MOTIF's last round).
 FINAL_FORMAT = motif_response_format(1)
@@ -110,6 +116,7 @@ class StepParts:
     config: RunConfig
     pool: object  # rollout.pool.RolloutPool
     learner: object  # learner.group.LearnerGroup
+    protocol: Protocol
     spec: MotifSpec
     rewards: list[Reward]
     estimator: Callable
@@ -123,35 +130,33 @@ class StepParts:
 class StepResult:
     metrics: dict
     trained: bool
-    skipped_because: str | None = None  # why nothing was trained
+    skipped_because: str | None = None  # why nothing could be trained (None: trained, or no signal)
 
 
-def rollout(parts: StepParts, batch: list[Problem], step: int) -> tuple[list[MotifTrajectory], dict, Counter]:
+def rollout(parts: StepParts, batch: list[Problem], step: int) -> tuple[list[Episode], dict, Counter]:
     """The batch's episodes that a step may train on, the pool's counters, and what was dropped."""
     pool, r = parts.pool, parts.config.rollout
     pool.begin("train", step)
-    sampled = pool.motif_rollout([p.question for p in batch], parts.spec)
+    sampled = parts.protocol.rollout(pool.generate, [p.question for p in batch], parts.spec)
     continuation_digest = pool.digest if r.continuation_policy == "current" else ""
-    trajectories, dropped = attested(sampled, pool.digest, continuation_digest)
-    return trajectories, pool.take_counters(), dropped
+    episodes, dropped = attested(sampled, pool.digest, continuation_digest)
+    return episodes, pool.take_counters(), dropped
 
 
-def score_and_credit(parts: StepParts, batch: list[Problem], trajectories: list[MotifTrajectory],
+def score_and_credit(parts: StepParts, batch: list[Problem], episodes: list[Episode],
                      step: int) -> tuple[list[TrainSample], dict]:
     """Rewards (each answer scored once), advantages within each prompt's group, the step's samples.jsonl, and
     the samples to train."""
     cfg = parts.config
-    answers_scored = parts.scores_answers and any(t.chains for t in trajectories)
-    scored = score_samples(parts.rewards, reward_samples(trajectories, batch, parts.spec),
+    answers_scored = parts.scores_answers and any(e.chains() for e in episodes)
+    scored = score_samples(parts.rewards, reward_samples(episodes, batch, parts.spec),
                            final_format=FINAL_FORMAT if answers_scored else None)
     advantages = parts.estimator(
-        scored.totals, [t.prompt_index for t in trajectories], norm_by_std=cfg.learner.norm_adv_by_std).tolist()
-    write_samples(parts.samples_dir / f"step-{step}.jsonl", step, batch, trajectories, scored.totals, advantages)
-    samples = parts.credit(trajectories, advantages, estimator=parts.estimator,
-                           norm_by_std=cfg.learner.norm_adv_by_std,
-                           continuation_temperature=cfg.rollout.continuation_temperature,
+        scored.totals, [e.prompt_index for e in episodes], norm_by_std=cfg.learner.norm_adv_by_std).tolist()
+    write_samples(parts.samples_dir / f"step-{step}.jsonl", step, batch, episodes, scored.totals, advantages)
+    samples = parts.credit(episodes, advantages, estimator=parts.estimator, norm_by_std=cfg.learner.norm_adv_by_std,
                            **({"final_scores": scored.finals} if answers_scored else {}))
-    return samples, {**scored.metrics, **rollout_stats(trajectories)}
+    return samples, {**scored.metrics, **rollout_stats(episodes)}
 
 
 def train_and_push(parts: StepParts, samples: list[TrainSample], version: int) -> dict:
@@ -160,7 +165,8 @@ def train_and_push(parts: StepParts, samples: list[TrainSample], version: int) -
     t0 = time.perf_counter()
     if parts.colocated:
         parts.pool.sleep()
-    metrics = parts.learner.train_step(samples)
+    # Which episodes share a mini-batch: a function of the run's seed and the step, so a resume draws the same.
+    metrics = parts.learner.train_step(samples, f"{parts.config.learner.seed}:{version}")
     if parts.colocated:
         parts.learner.release_memory()
     t1 = time.perf_counter()
@@ -176,20 +182,23 @@ def push(pool, learner, version: int) -> None:
 def run_step(parts: StepParts, batch: list[Problem], step: int) -> StepResult:
     """Rollout -> score -> credit -> train -> push; the adapter trained here is served as version `step`."""
     t0 = time.perf_counter()
-    trajectories, counters, dropped = rollout(parts, batch, step)
+    episodes, counters, dropped = rollout(parts, batch, step)
     t1 = time.perf_counter()
     metrics = {**counters, "rollout/stale_dropped": float(dropped["stale"]),
                "rollout/failed_samples": float(dropped["failed"]),
                "rollout/dropped_continuations": float(dropped["dropped_continuations"])}
     samples = []
-    if trajectories:
-        samples, scored = score_and_credit(parts, batch, trajectories, step)
+    if episodes:
+        samples, scored = score_and_credit(parts, batch, episodes, step)
         metrics.update(scored)
     t2 = time.perf_counter()
     metrics.update(time_rollout=t1 - t0, time_reward=t2 - t1)
     if samples:
         return StepResult({**metrics, **train_and_push(parts, samples, step)}, trained=True)
+    if episodes and not all(c.finish_reason == PROMPT_TOO_LONG for c in (e.root.completion for e in episodes)):
+        # Every group scored alike: no signal to learn from, but nothing failed; the adapter stays.
+        return StepResult({**metrics, "no_signal_step": 1.0}, trained=False)
     # Nothing to learn from (every prompt too long, or every generation failed).
-    why = (f"all {len(batch)} prompts exceed rollout.max_model_len" if trajectories else
+    why = (f"all {len(batch)} prompts exceed rollout.max_model_len" if episodes else
            f"no usable sample ({dropped['failed']} failed, {dropped['stale']} stale)")
     return StepResult({**metrics, "skipped_step": 1.0}, trained=False, skipped_because=why)

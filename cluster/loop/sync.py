@@ -24,7 +24,8 @@ from cluster.workers import colocated_on_gpu, start_ray
 from learner.advantages import ADVANTAGE_ESTIMATORS
 from learner.credit import CREDIT, SCORES_ANSWERS
 from rewards import build_rewards
-from rollout.protocols import motif_response_format
+from rollout.protocols import PROTOCOLS, protocol_name
+from rollout.protocols.motif import motif_response_format
 
 
 class RunStalled(RuntimeError):
@@ -58,7 +59,8 @@ def train(config: RunConfig, resume: str | None = None) -> Path:
     log = None
     try:
         run.start(model_path)
-        parts = StepParts(config, run.pool, run.learner, spec, rewards,
+        protocol = PROTOCOLS[protocol_name(r.protocol, r.rounds)]
+        parts = StepParts(config, run.pool, run.learner, protocol, spec, rewards,
                           ADVANTAGE_ESTIMATORS[config.learner.advantage_estimator], CREDIT[config.learner.credit],
                           config.learner.credit in SCORES_ANSWERS, run_dir / "samples", colocated_on_gpu(config))
         held_out = HeldOutEval(config, run.pool, spec, run_dir)
@@ -78,6 +80,8 @@ def train(config: RunConfig, resume: str | None = None) -> Path:
             metrics = result.metrics
             if result.trained:
                 version, unusable = step, 0
+            elif result.skipped_because is None:
+                unusable = 0  # every group scored alike: nothing failed, and nothing to learn this step
             else:
                 tqdm.write(f"step {step}: skipped, {result.skipped_because}")
                 unusable += 1

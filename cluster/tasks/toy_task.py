@@ -17,18 +17,13 @@ import re
 import string
 from dataclasses import dataclass
 
-from rollout.protocols import SYSTEM_PROMPT, continuation_message, conversation, first_round_message
+from cluster.config import ToyConfig
+from rollout.protocols import conversation
+from rollout.protocols.motif import SYSTEM_PROMPT, continuation_message, first_round_message
 
 LETTERS = string.ascii_lowercase
 OPERATIONS = {"+": lambda x, d: (x + d) % 10, "-": lambda x, d: (x - d) % 10, "*": lambda x, d: (x * d) % 10}
 HELD_OUT_SHARE = 5  # one question in 5 hashes to the held-out split
-
-
-@dataclass(frozen=True)
-class ToyConfig:
-    operations: int = 6  # steps in a full solution: the difficulty knob
-    steps_per_round: int = 3  # steps a MOTIF round before the last covers in the warm-start traces
-    seed: int = 0
 
 
 @dataclass(frozen=True)

@@ -1,20 +1,18 @@
-"""Multi-round reasoning protocols built on one batched `generate` per round.
-
-MOTIF: round 1 produces m samples per question (reasoning, then a short progress note). Each round-1
-sample is continued k times through rounds 2..R; round r sees only the question and round r-1's progress,
-and the last round must end with a boxed final answer. With R == 1 this is plain single-round GRPO.
-"""
+"""MOTIF, one batched `generate` per round: round 1 produces m samples per question (reasoning, then a short
+progress note). Each round-1 sample is continued k times through rounds 2..R; round r sees only the question
+and round r-1's progress, and the last round must end with a boxed final answer. Each round-1 sample is an
+Episode: its root, and below it k chains of R-1 turns. With R == 1 this is single-round GRPO (`single`)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from rewards.format import extract_progress
 from rollout.engine import ABORTED
-from rollout.records import Completion, MotifTrajectory, SamplingSpec
+from rollout.protocols import Generate, Protocol, conversation, register_protocol
+from rollout.protocols.formats import extract_progress
+from rollout.records import Episode, SamplingSpec, Turn
 
-Generate = Callable[[list[list[dict[str, str]]], SamplingSpec, bool], list[list[Completion]]]
 
 SYSTEM_PROMPT = "You are a careful assistant that solves math problems over several rounds of reasoning."
 INTERMEDIATE_FORMAT = (
@@ -51,12 +49,8 @@ def carried_progress(text: str) -> str | None:
     return extract_progress(text)
 
 
-def conversation(user_message: str, system_prompt: str) -> list[dict[str, str]]:
-    return [{"role": "system", "content": system_prompt}, {"role": "user", "content": user_message}]
-
-
 def motif_response_format(rounds: int) -> str:
-    """The rewards.format.FORMATS entry a round-1 response should follow."""
+    """The FORMATS entry (rollout.protocols.formats) a round-1 response should follow."""
     return "reasoning_answer" if rounds == 1 else "reasoning_progress"
 
 
@@ -87,48 +81,45 @@ class MotifSpec:
             raise ValueError(f"continuation_policy must be 'current' or 'frozen_base', got {self.continuation_policy!r}")
 
 
-def motif_rollout(generate: Generate, questions: Sequence[str], spec: MotifSpec) -> list[MotifTrajectory]:
-    """B questions -> B*m trajectories, each with k chains of R-1 continuation rounds."""
+def motif_rollout(generate: Generate, questions: Sequence[str], spec: MotifSpec) -> list[Episode]:
+    """B questions -> B*m episodes, each a round-1 root with k chains of R-1 continuation rounds."""
     m, k, rounds = spec.samples_per_prompt, spec.continuations, spec.rounds
     first_spec = SamplingSpec(**{**spec.first_round.__dict__, "n": m})
-    first = generate(
-        [conversation(first_round_message(q, rounds), spec.system_prompt_for(1)) for q in questions], first_spec, True
-    )
-    trajectories = [
-        MotifTrajectory(prompt_index=b, first=sample) for b in range(len(questions)) for sample in first[b]
+    messages = [first_round_message(q, rounds) for q in questions]
+    first = generate([conversation(msg, spec.system_prompt_for(1)) for msg in messages], first_spec, True)
+    episodes = [
+        Episode(b, [Turn(sample, messages[b], 1, None, first_spec.temperature)], {"missing_progress": 0})
+        for b in range(len(questions)) for sample in first[b]
     ]
     if rounds == 1:
-        return trajectories
+        return episodes
 
     use_adapter = spec.continuation_policy == "current"
-    # Live chains: (trajectory, chain index, the previous round). A round that failed to generate (aborted) ends
-    # its chain there: it carries nothing, and its trajectory is dropped from training and counted as failed.
-    live = [(t, None, t.first) for t in trajectories]
+    # Live chains: (episode, the previous round's turn index). A round that failed to generate (aborted) ends
+    # its chain there: it carries nothing, and its episode is dropped from training and counted as failed.
+    live = [(e, 0) for e in episodes]
     for round_index in range(2, rounds + 1):
-        live = [entry for entry in live if entry[2].finish_reason != ABORTED]
+        live = [(e, i) for e, i in live if e.turns[i].completion.finish_reason != ABORTED]
         if not live:
             break
         messages = []
-        for t, _, prev in live:
-            progress = carried_progress(prev.text)
-            t.missing_progress += progress is None
+        for e, i in live:
+            progress = carried_progress(e.turns[i].completion.text)
+            e.stats["missing_progress"] += progress is None
             messages.append(continuation_message(
-                questions[t.prompt_index], MISSING_PROGRESS if progress is None else progress, round_index, rounds))
-        fan_out = k if round_index == 2 else 1
-        outputs = generate(
-            [conversation(msg, spec.system_prompt_for(round_index)) for msg in messages],
-            SamplingSpec(**{**spec.continuation.__dict__, "n": fan_out}),
-            use_adapter,
-        )
-        next_live = []
-        for (traj, chain_index, _), msg, samples in zip(live, messages, outputs):
-            for j, sample in enumerate(samples):
-                c = j if chain_index is None else chain_index
-                if chain_index is None:
-                    traj.chains.append([])
-                    traj.round_prompts.append([])
-                traj.chains[c].append(sample)
-                traj.round_prompts[c].append(msg)
-                next_live.append((traj, c, sample))
-        live = next_live
-    return trajectories
+                questions[e.prompt_index], MISSING_PROGRESS if progress is None else progress, round_index, rounds))
+        round_spec = SamplingSpec(**{**spec.continuation.__dict__, "n": k if round_index == 2 else 1})
+        outputs = generate([conversation(msg, spec.system_prompt_for(round_index)) for msg in messages],
+                           round_spec, use_adapter)
+        live = [(e, e.add(Turn(sample, msg, round_index, parent, round_spec.temperature)))
+                for (e, parent), msg, samples in zip(live, messages, outputs) for sample in samples]
+    return episodes
+
+
+def _check(rounds: int, continuations: int) -> None:
+    if rounds < 2:
+        raise ValueError(f"rollout.protocol=motif needs rollout.rounds >= 2, got {rounds} (one round is "
+                         "rollout.protocol=single)")
+
+
+register_protocol("motif", Protocol(rollout=motif_rollout, check=_check, credits=("first_round", "every_round")))

@@ -1,0 +1,33 @@
+"""The rules that cross sections of a run's config; each section's own rules are its `validate`."""
+
+from __future__ import annotations
+
+from cluster.config.errors import ConfigError
+from rollout.engine import VLLM_LORA_RANKS
+from rollout.protocols import PROTOCOLS, protocol_name
+
+
+def check_run(config, training: bool) -> None:
+    """config: a RunConfig. training=False (`motif eval`): without the rules that only concern the learner."""
+    r, learner = config.rollout, config.learner
+    protocol = protocol_name(r.protocol, r.rounds)
+    if learner.credit not in PROTOCOLS[protocol].credits:
+        raise ConfigError(f"learner.credit={learner.credit} does not know the episodes of rollout.protocol="
+                          f"{protocol} (its credits: {', '.join(PROTOCOLS[protocol].credits)})")
+    if training and learner.credit == "every_round" and r.rounds > 1:
+        # The default trains the continuation rounds; learner.credit=first_round (MOTIF as published) does not.
+        if r.continuations < 2:
+            raise ConfigError("learner.credit=every_round ranks a sample's continuations against each other: "
+                              f"it needs rollout.continuations >= 2, got {r.continuations} (or set "
+                              "learner.credit=first_round to train round 1 only)")
+        if r.continuation_top_p != 1 or r.continuation_policy != "current":
+            raise ConfigError("learner.credit=every_round trains the continuation rounds: they must be sampled "
+                              "from the full distribution (rollout.continuation_top_p=1) of the policy being "
+                              f"trained (rollout.continuation_policy=current), got {r.continuation_top_p}, "
+                              f"{r.continuation_policy!r} (or set learner.credit=first_round to train round 1 "
+                              "only)")
+    if learner.lora_rank > VLLM_LORA_RANKS[-1]:
+        raise ConfigError(f"learner.lora_rank above {VLLM_LORA_RANKS[-1]} is not supported by vLLM's LoRA kernels")
+    if training and learner.finetune != "lora":
+        raise ConfigError("learner.finetune must be lora for training: vLLM is updated by pushing adapters "
+                          "(full-parameter training is for `motif sft`)")

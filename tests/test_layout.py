@@ -1,0 +1,46 @@
+"""The floors of the house: rollout/, rewards/ and learner/ never import cluster/; the config imports nothing
+above it (the toy task's settings are part of its schema); the resume fields are the fields the schema marks."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from tests.conftest import REPO
+
+
+def imported_modules(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.add(node.module)
+    return names
+
+
+def test_lower_floors_never_import_cluster():
+    upward = {str(p.relative_to(REPO)): sorted(m for m in imported_modules(p) if m.split(".")[0] == "cluster")
+              for floor in ("rollout", "rewards", "learner") for p in (Path(REPO) / floor).rglob("*.py")}
+    assert {path: modules for path, modules in upward.items() if modules} == {}
+
+
+def test_the_config_imports_nothing_above_it():
+    for path in (Path(REPO) / "cluster" / "config").glob("*.py"):
+        above = [m for m in imported_modules(path) if m.startswith("cluster.") and not m.startswith("cluster.config")]
+        assert above == [], (path.name, above)
+
+
+def test_resume_fields_are_the_fields_the_schema_marks():
+    import dataclasses
+
+    from cluster.checkpoint import LAYOUT_FIELDS, RESUME_FIELDS, resume_fields
+    from cluster.config import RunConfig, to_dict
+
+    assert {"rollout.seed", "rollout.protocol", "learner.credit", "data", "reward", "model.warm_start"} <= set(RESUME_FIELDS)
+    assert not {"steps", "rollout.max_model_len", "learner.learning_rate", "cluster"} & set(RESUME_FIELDS)
+    assert set(LAYOUT_FIELDS) == {"learner.num_ranks", "learner.zero_stage"}
+    recorded = resume_fields(to_dict(RunConfig()))
+    assert set(recorded) == set(RESUME_FIELDS) | set(LAYOUT_FIELDS)
+    assert recorded["rollout.seed"] == 0 and recorded["learner.credit"] == "every_round"
+    assert recorded["reward"] == dataclasses.asdict(RunConfig().reward)
