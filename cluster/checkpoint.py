@@ -29,7 +29,7 @@ import numpy as np
 
 from cluster.config import BadInput, RunConfig, resume_field_names, without_new_unset
 from learner.config import LAYOUT, RESUME
-from learner.files import replace_directory
+from rollout.common import replace_directory
 
 STEP_FOLDER = re.compile(r"^step-(\d+)$")
 MANIFEST = "driver.json"

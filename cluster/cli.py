@@ -123,7 +123,7 @@ def _run_failures() -> tuple[type[Exception], ...]:
     from cluster.evaluation import EvalFailed
     from cluster.workers import PlacementError
     from learner.group import LearnerDied
-    from rollout.failures import WorkerStartFailed
+    from rollout.common import WorkerStartFailed
 
     return LearnerDied, PlacementError, WorkerStartFailed, EvalFailed, RunStalled
 

@@ -12,7 +12,7 @@ import torch
 
 from learner.config import LearnerConfig
 from learner.deepspeed_config import deepspeed_config, lr_schedule
-from learner.files import replace_directory, write_files
+from rollout.common import replace_directory, write_files
 from learner.batching import plan_batch
 from learner.objectives import OBJECTIVES
 from learner.policy import load_policy, pad_batch, token_logprobs

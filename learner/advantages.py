@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from learner.registry import registrar
+from rollout.common import registrar
 
 ADVANTAGE_ESTIMATORS: dict[str, Callable[..., torch.Tensor]] = {}
 register_advantage = registrar(ADVANTAGE_ESTIMATORS)

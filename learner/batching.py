@@ -11,7 +11,7 @@ import random
 from collections.abc import Sequence
 
 from learner.records import TrainSample
-from rollout.pool import balance
+from rollout.common import balance
 
 # One rank's share of one mini-batch: micro-batches of indices into that rank's samples, and the mini-batch's
 # token count over all ranks (what a token-mean loss divides by).
@@ -23,7 +23,8 @@ def mini_batches(samples: Sequence[TrainSample], mini_batch_size: int,
     """Sample indices per mini-batch: `mini_batch_size` whole episodes each, in the samples' order within it."""
     episodes: dict[object, list[int]] = {}
     for i, sample in enumerate(samples):
-        episodes.setdefault(("own", i) if sample.episode is None else sample.episode, []).append(i)
+        episode = getattr(sample, "episode", None)  # SFT samples have none: each is its own
+        episodes.setdefault(("own", i) if episode is None else episode, []).append(i)
     order = list(episodes)
     if shuffle_seed is not None:
         random.Random(shuffle_seed).shuffle(order)

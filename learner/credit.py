@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from learner.registry import registrar
+from rollout.common import registrar
 from learner.records import TrainSample
 from rollout.records import MODEL, Episode
 
@@ -20,10 +20,10 @@ register_credit = registrar(CREDIT)
 @register_credit("first_round")
 def first_round(episodes: Sequence[Episode], advantages: Sequence[float], **_) -> list[TrainSample]:
     """The root (round 1) of every episode, with its group-normalised advantage. A turn whose advantage is 0
-    (its group all scored alike) carries no signal and is left out, as under every entry: the token mean and
-    the KL term then do not depend on how many groups were degenerate."""
+    (its group all scored alike) is trained as every other, under every entry (as verl, TRL and OpenRLHF do):
+    it adds no policy gradient, and the token mean counts every sampled turn the same way whatever the credit."""
     return [TrainSample(e.root.completion.prompt_ids, e.root.completion.completion_ids, a, episode=i)
-            for i, (e, a) in enumerate(zip(episodes, advantages)) if e.root.completion.completion_ids and a != 0.0]
+            for i, (e, a) in enumerate(zip(episodes, advantages)) if e.root.completion.completion_ids]
 
 
 @register_credit("every_round")
@@ -35,8 +35,9 @@ def every_round(episodes: Sequence[Episode], advantages: Sequence[float], *,
     the configured rewards (`final_scores`, per episode and chain; None where it could not be scored, and
     that chain is left out) normalised within that group. The rounds after round 1 otherwise change only
     through the shared adapter: at a difficulty where most of a solution falls in them, round-1 credit alone
-    leaves them untrained. A chain no better or worse than its siblings carries no signal and is left out. Each
-    turn is scored at the temperature it was sampled at; injected turns are never trained."""
+    leaves them untrained. A chain no better or worse than its siblings has advantage 0 and is trained as a
+    root with advantage 0 is. Each turn is scored at the temperature it was sampled at; injected turns are
+    never trained."""
     samples = first_round(episodes, advantages)
     chains, groups, scores = [], [], []
     for i, e in enumerate(episodes):
@@ -49,8 +50,6 @@ def every_round(episodes: Sequence[Episode], advantages: Sequence[float], *,
         return samples
     chain_advantages = estimator(scores, groups, norm_by_std=norm_by_std).tolist()
     for chain, episode, advantage in zip(chains, groups, chain_advantages):
-        if advantage == 0.0:
-            continue
         samples += [TrainSample(t.completion.prompt_ids, t.completion.completion_ids, advantage, t.temperature,
                                 episode=episode)
                     for t in chain if t.role == MODEL and t.completion.completion_ids]

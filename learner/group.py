@@ -12,7 +12,7 @@ from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
 from learner.batching import plan_batch
 from learner.records import TrainSample
-from rollout.failures import WorkerStartFailed, failure_cause
+from rollout.common import WorkerStartFailed, failure_cause
 
 
 class LearnerDied(RuntimeError):

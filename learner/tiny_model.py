@@ -11,7 +11,7 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from learner.files import replace_directory
+from rollout.common import replace_directory
 
 CHAT_TEMPLATE = (
     "{% for message in messages %}"

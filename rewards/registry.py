@@ -21,6 +21,7 @@ from pathlib import Path
 from rewards.bounded import BoundedPool, process_wide
 from rewards.format import FORMATS
 from rewards.motif import future_accuracies, mean_per_group
+from rollout.common import registrar
 
 log = logging.getLogger(__name__)
 
@@ -86,12 +87,7 @@ RewardFactory = Callable[[RewardTerm, str], Reward]
 REWARDS: dict[str, RewardFactory] = {}
 
 
-def register_reward(name: str) -> Callable[[RewardFactory], RewardFactory]:
-    def add(factory: RewardFactory) -> RewardFactory:
-        REWARDS[name] = factory
-        return factory
-
-    return add
+register_reward = registrar(REWARDS)
 
 
 @register_reward("format")
@@ -126,7 +122,7 @@ def _reward_model(term: RewardTerm, response_format: str) -> Reward:
     import ray
 
     from rewards.reward_model import RewardModelWorker
-    from rollout.failures import WorkerStartFailed, failure_cause
+    from rollout.common import WorkerStartFailed, failure_cause
 
     def start():
         worker = RewardModelWorker.options(num_cpus=term.num_cpus, num_gpus=term.num_gpus).remote(

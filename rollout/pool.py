@@ -8,17 +8,16 @@ changes no sample.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 from tqdm import tqdm
 
+from rollout.common import WorkerStartFailed, balance, failure_cause, shard_seed
 from rollout.engine import ABORTED
-from rollout.failures import WorkerStartFailed, failure_cause
 from rollout.records import AdapterPayload, Completion, SamplingSpec
 
 # A worker's first call waits for its engine to start (model load, KV cache) on top of the request itself.
@@ -31,22 +30,6 @@ MAX_ATTEMPTS = 3
 MAX_STARTUP_FAILURES = 2
 # vLLM's smallest default max_num_seqs (CPU and most GPUs; larger GPUs run more): a call is timed in waves of this.
 DEFAULT_MAX_NUM_SEQS = 256
-
-
-def balance(costs: Sequence[float], bins: int) -> list[list[int]]:
-    """Split item indices into `bins` shards of near-equal total cost (largest first onto the lightest shard);
-    each shard keeps its indices in their original order."""
-    shards: list[list[int]] = [[] for _ in range(bins)]
-    loads = [0.0] * bins
-    for i in sorted(range(len(costs)), key=lambda i: -costs[i]):
-        lightest = min(range(bins), key=lambda b: (loads[b], b))
-        shards[lightest].append(i)
-        loads[lightest] += costs[i]
-    return [sorted(s) for s in shards]
-
-
-def shard_seed(*parts) -> int:
-    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:4], "little")
 
 
 class RolloutPool:

@@ -95,24 +95,31 @@ class TwoNodes:
         return env
 
     def start_ray(self, head_cpus: int, worker_cpus: int, timeout_s: float = 180) -> None:
-        common = ["--object-store-memory=200000000"]
-        for ns, args in ((self.head, ["head", f"--node-ip-address={self.head.address}", f"--num-cpus={head_cpus}"]),
-                         (self.worker, ["worker", self.address, f"--node-ip-address={self.worker.address}",
-                                        f"--num-cpus={worker_cpus}"])):
-            log = open(self.temp / f"{ns.name}.log", "w")
-            self.nodes[ns.name] = subprocess.Popen(
-                ns.command("bash", str(REPO / "cluster" / "launch" / "ray-node.sh"), *args, *common,
-                           f"--temp-dir={self.temp / ns.name}"),
-                env=self.node_env(ns), stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
-            log.close()
-            self._wait(ns, timeout_s)  # the worker joins a head that is up
+        self._start(self.head, ["head", f"--node-ip-address={self.head.address}", f"--num-cpus={head_cpus}"],
+                    self.head.name, timeout_s)
+        self.start_worker(worker_cpus, timeout_s)  # the worker joins a head that is up
 
-    def _wait(self, ns: Namespace, timeout_s: float) -> None:
+    def start_worker(self, worker_cpus: int, timeout_s: float = 180) -> None:
+        """The worker node's Ray, again after a test killed it: a new node with its own temp dir and log."""
+        name = f"{self.worker.name}-{sum(n.startswith(self.worker.name) for n in self.nodes)}"
+        self._start(self.worker, ["worker", self.address, f"--node-ip-address={self.worker.address}",
+                                  f"--num-cpus={worker_cpus}"], name, timeout_s)
+
+    def _start(self, ns: Namespace, args: list[str], name: str, timeout_s: float) -> None:
+        log = open(self.temp / f"{name}.log", "w")
+        self.nodes[name] = subprocess.Popen(
+            ns.command("bash", str(REPO / "cluster" / "launch" / "ray-node.sh"), *args,
+                       "--object-store-memory=200000000", f"--temp-dir={self.temp / name}"),
+            env=self.node_env(ns), stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+        log.close()
+        self._wait(name, timeout_s)
+
+    def _wait(self, name: str, timeout_s: float) -> None:
         """Until `ray start` says the node runs (a worker says so once the head has registered it)."""
-        deadline, log = time.monotonic() + timeout_s, self.temp / f"{ns.name}.log"
+        deadline, log = time.monotonic() + timeout_s, self.temp / f"{name}.log"
         while "Ray runtime started" not in log.read_text():
-            if time.monotonic() > deadline or self.nodes[ns.name].poll() is not None:
-                raise RuntimeError(f"the Ray node in {ns.name} did not start:\n{log.read_text()[-3000:]}")
+            if time.monotonic() > deadline or self.nodes[name].poll() is not None:
+                raise RuntimeError(f"the Ray node {name} did not start:\n{log.read_text()[-3000:]}")
             time.sleep(0.5)
 
     def run_in_head(self, *cmd: str, timeout: float = 120) -> subprocess.CompletedProcess:

@@ -85,7 +85,8 @@ def test_kl_is_zero_when_policy_equals_reference_and_positive_otherwise():
 def test_every_round_credit_trains_each_chain_by_its_own_answer():
     """`first_round` trains round 1 only; `every_round` adds each continuation round, its advantage the score of
     the chain's final answer (from the reward stage) normalised among the sample's k chains, at the continuation
-    temperature; chains that all agree carry no signal, and a chain whose answer could not be scored is left out."""
+    temperature; chains that all agree have advantage 0 and are trained as a root with advantage 0 is (defect 3:
+    they used to be dropped while such roots were kept); a chain whose answer could not be scored is left out."""
     from learner.credit import CREDIT
     from rollout.records import Completion, Episode, Turn
 
@@ -112,14 +113,15 @@ def test_every_round_credit_trains_each_chain_by_its_own_answer():
     assert every[:2] == first
     half = 0.5 / (math.sqrt(0.5) + 1e-6)  # rewards (1, 0): centred by 0.5, divided by their sample std
     assert [(s.prompt_ids, round(s.advantage, 6), s.temperature) for s in every[2:]] == [
-        ([20], round(half, 6), 0.8), ([30], round(half, 6), 0.8), ([40], round(-half, 6), 0.8), ([50], round(-half, 6), 0.8)]
+        ([20], round(half, 6), 0.8), ([30], round(half, 6), 0.8), ([40], round(-half, 6), 0.8), ([50], round(-half, 6), 0.8),
+        ([70], 0.0, 0.8), ([80], 0.0, 0.8), ([90], 0.0, 0.8), ([100], 0.0, 0.8)]
     unscored = CREDIT["every_round"](trajectories, advantages, **{**options, "final_scores": [[1.0, None], [1.0, 1.0]]})
-    assert unscored == first  # one scored chain alone in its group: advantage 0, nothing to train
-    # A root whose group scored alike (advantage 0) is left out as a chain is, under both entries; its chains,
-    # which carry signal of their own, are trained; every trained turn names its episode.
+    # The unscored chain is left out; the scored one, alone in its group, has advantage 0.
+    assert [(s.prompt_ids, s.advantage) for s in unscored[2:]] == [([20], 0.0), ([30], 0.0), ([70], 0.0), ([80], 0.0),
+                                                                  ([90], 0.0), ([100], 0.0)]
+    # A turn with advantage 0 is trained under both entries alike, root or chain; every trained turn names its
+    # episode.
     for name in ("first_round", "every_round"):
         trained = CREDIT[name](trajectories, [0.0, -0.25], **options)
-        assert [s.prompt_ids for s in trained if s.temperature is None] == [[60]]
+        assert [(s.prompt_ids, s.advantage) for s in trained[:2]] == [([10], 0.0), ([60], -0.25)]
         assert all(s.episode == (0 if s.prompt_ids[0] < 60 else 1) for s in trained)
-    assert [s.prompt_ids for s in CREDIT["every_round"](trajectories, [0.0, -0.25], **options)][1:] == \
-        [[20], [30], [40], [50]]

@@ -1,5 +1,7 @@
-"""The floors of the house: rollout/, rewards/ and learner/ never import cluster/; the config imports nothing
-above it (the toy task's settings are part of its schema); the resume fields are the fields the schema marks."""
+"""The floors of the house: rollout/, rewards/ and learner/ never import cluster/; between them only the records
+and the shared helpers (rollout/records.py, rollout/common.py) cross, and rewards read the protocols' tag
+shapes (rollout/protocols/formats.py); the config imports nothing above it (the toy task's settings are part
+of its schema); the resume fields are the fields the schema marks."""
 
 from __future__ import annotations
 
@@ -23,6 +25,24 @@ def test_lower_floors_never_import_cluster():
     upward = {str(p.relative_to(REPO)): sorted(m for m in imported_modules(p) if m.split(".")[0] == "cluster")
               for floor in ("rollout", "rewards", "learner") for p in (Path(REPO) / floor).rglob("*.py")}
     assert {path: modules for path, modules in upward.items() if modules} == {}
+
+
+# What each lower floor may import from the others.
+ALLOWED = {
+    "learner": {"rollout.records", "rollout.common"},
+    "rewards": {"rollout.common", "rollout.protocols.formats"},
+    "rollout": set(),
+}
+
+
+def test_lower_floors_share_only_records_and_the_common_helpers():
+    crossing = {}
+    for floor, allowed in ALLOWED.items():
+        for path in (Path(REPO) / floor).rglob("*.py"):
+            others = {m for m in imported_modules(path) if m.split(".")[0] in ALLOWED and m.split(".")[0] != floor}
+            if others - allowed:
+                crossing[str(path.relative_to(REPO))] = sorted(others - allowed)
+    assert crossing == {}
 
 
 def test_the_config_imports_nothing_above_it():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from learner.files import write_files
+from rollout.common import write_files
 from learner.config import LearnerConfig
 from learner.records import TrainSample
 from rollout.records import AdapterPayload, SamplingSpec

@@ -158,3 +158,27 @@ def test_the_worker_node_dies_mid_step_and_the_run_resumes_on_the_other(nodes, t
     assert steps(run_dir) == [1, 2]
     rows = samples(run_dir, 2)
     assert {s["worker"] for s in rows} == {0, 1} and {s["adapter_version"] for s in rows} == {1}
+
+
+def test_the_worker_node_dies_during_the_update_and_the_run_ends_with_the_resume_command(nodes, tiny_dir, tmp_path):
+    """The node goes while its learner rank trains: the rank on the head is left in a collective with a dead peer
+    (gloo: "Connection closed by peer"), which comes back as the rank's own error. Either way the run ends
+    with one line naming the learner rank and the resume command, not a traceback."""
+    nodes.start_worker(2)  # the node the test before killed, back as a new one
+    run_dir = tmp_path / "run"
+    # Longer updates (several mini-batches of longer samples) widen the window in which to catch one.
+    proc = train(nodes, tiny_dir, run_dir, "steps=3", *PLACE, "learner.mini_batch_size=1",
+                 "learner.micro_batch_size=1", "rollout.max_tokens=96")
+    try:
+        busy = in_namespace_titled(nodes.worker, b"ray::GRPOLearner.train_step", timeout_s=600)
+        assert busy, "no update on the worker node"
+        nodes.worker.kill_all()
+        output, _ = proc.communicate(timeout=600)
+        print(output)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+    assert proc.returncode == 1, output[-4000:]
+    resume = f"motif train --config {run_dir / 'config.yaml'} --resume auto"
+    last = [line for line in output.splitlines() if line.startswith("motif: ")][-1]
+    assert "learner rank" in last and "during the update" in last and last.endswith(resume), output[-4000:]

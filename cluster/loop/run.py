@@ -7,7 +7,7 @@ from pathlib import Path
 
 from cluster.checkpoint import Checkpoints, load_state
 from cluster.config import RunConfig
-from learner.files import write_files
+from rollout.common import write_files
 from rollout.records import AdapterPayload
 
 

@@ -130,7 +130,7 @@ class StepParts:
 class StepResult:
     metrics: dict
     trained: bool
-    skipped_because: str | None = None  # why nothing could be trained (None: trained, or no signal)
+    skipped_because: str | None = None  # why nothing was trained
 
 
 def rollout(parts: StepParts, batch: list[Problem], step: int) -> tuple[list[Episode], dict, Counter]:
@@ -195,9 +195,6 @@ def run_step(parts: StepParts, batch: list[Problem], step: int) -> StepResult:
     metrics.update(time_rollout=t1 - t0, time_reward=t2 - t1)
     if samples:
         return StepResult({**metrics, **train_and_push(parts, samples, step)}, trained=True)
-    if episodes and not all(c.finish_reason == PROMPT_TOO_LONG for c in (e.root.completion for e in episodes)):
-        # Every group scored alike: no signal to learn from, but nothing failed; the adapter stays.
-        return StepResult({**metrics, "no_signal_step": 1.0}, trained=False)
     # Nothing to learn from (every prompt too long, or every generation failed).
     why = (f"all {len(batch)} prompts exceed rollout.max_model_len" if episodes else
            f"no usable sample ({dropped['failed']} failed, {dropped['stale']} stale)")

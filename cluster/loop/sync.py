@@ -80,8 +80,6 @@ def train(config: RunConfig, resume: str | None = None) -> Path:
             metrics = result.metrics
             if result.trained:
                 version, unusable = step, 0
-            elif result.skipped_because is None:
-                unusable = 0  # every group scored alike: nothing failed, and nothing to learn this step
             else:
                 tqdm.write(f"step {step}: skipped, {result.skipped_because}")
                 unusable += 1

@@ -19,7 +19,7 @@ from cluster.cache import build_lock, cache_dir, tiny_model_digest
 from cluster.config import ModelConfig, SFTDataConfig, SFTRunConfig, WarmStartConfig, to_dict
 from cluster.tasks.toy_task import ToyConfig, sft_rows, tokenizer_corpus
 from learner.config import LearnerConfig
-from learner.files import replace_directory
+from rollout.common import replace_directory
 
 
 def warm_start_plan(settings: WarmStartConfig, toy: ToyConfig) -> tuple[list[ToyConfig], list[str], str]:

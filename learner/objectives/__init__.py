@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from learner.registry import registrar
+from rollout.common import registrar
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from rollout.common import registrar
 from rollout.records import Completion, Episode, SamplingSpec
 
 Generate = Callable[[list[list[dict[str, str]]], SamplingSpec, bool], list[list[Completion]]]
@@ -30,13 +31,11 @@ def conversation(user_message: str, system_prompt: str) -> list[dict[str, str]]:
 
 
 PROTOCOLS: dict[str, Protocol] = {}
+_register = registrar(PROTOCOLS)
 
 
 def register_protocol(name: str, protocol: Protocol) -> Protocol:
-    if name in PROTOCOLS:
-        raise ValueError(f"protocol {name!r} is registered twice")
-    PROTOCOLS[name] = protocol
-    return protocol
+    return _register(name)(protocol)
 
 
 def protocol_name(protocol: str | None, rounds: int) -> str:
