@@ -15,6 +15,7 @@ from learner.deepspeed_config import deepspeed_config, lr_schedule
 from rollout.common import replace_directory, write_files
 from learner.batching import plan_batch
 from learner.objectives import OBJECTIVES
+from learner.objectives.aggregation import MiniBatchSize
 from learner.policy import load_policy, pad_batch, token_logprobs
 from learner.records import SFTSample, TrainSample
 from learner.rendezvous import interface_of, rendezvous_address, tcp_store
@@ -148,18 +149,18 @@ class GRPOLearner:
         _, (plan,) = plan_batch(samples, 1, self.config.mini_batch_size, self.config.micro_batch_size)
         return plan
 
-    def _update(self, samples: list, micros: list[list[int]], mini_tokens: int, micro_loss,
+    def _update(self, samples: list, micros: list[list[int]], size: MiniBatchSize, micro_loss,
                 metric_keys: tuple[str, ...]) -> tuple[dict[str, float], float | None]:
         """One optimizer step on this rank's share of a mini-batch, accumulated over its micro-batches (lists of
         indices into `samples`).
 
-        `micro_loss(indices, logprobs, mask, normalizer)` gives the micro-batch's share of the mini-batch loss
+        `micro_loss(indices, logprobs, mask, size)` gives the micro-batch's share of the mini-batch loss
         and its metrics' token sums. DeepSpeed averages gradients over ranks, so each rank's share is scaled by
         the world size. An empty micro-batch (padding, so that every rank makes the same calls) contributes
         nothing. Returns the statistics' token sums on this rank, every one of `metric_keys` included, and the
         pre-clip gradient norm.
         """
-        mini_tokens = max(mini_tokens, 1)
+        mini_tokens = max(size.tokens, 1)
         sums: dict[str, float] = {"loss": 0.0, "tokens": 0.0, **{key: 0.0 for key in metric_keys}}
         grad_norm = None
         for i, micro in enumerate(micros):
@@ -167,7 +168,7 @@ class GRPOLearner:
             self.engine.set_gradient_accumulation_boundary(boundary)
             if micro:
                 logprobs, mask = self._logprobs([samples[j] for j in micro])
-                loss, stats = micro_loss(micro, logprobs, mask, mini_tokens)
+                loss, stats = micro_loss(micro, logprobs, mask, size)
                 self.engine.backward(loss * self.world_size, scale_wrt_gas=False)
                 sums["loss"] += float(loss.detach()) * mini_tokens
                 sums["tokens"] += float(mask.sum())
@@ -236,7 +237,7 @@ class GRPOLearner:
                 padded[row, mask[row].bool()] = table[index]
             return padded
 
-        def micro_loss(indices, logprobs, mask, normalizer):
+        def micro_loss(indices, logprobs, mask, size):
             inputs = {}
             if "old_logprobs" in needs:
                 inputs["old_logprobs"] = logprobs.detach() if old is None else by_sample(old, indices, mask)
@@ -245,13 +246,13 @@ class GRPOLearner:
                                                     device=self.device)[:, None]
             if ref is not None:
                 inputs["ref_logprobs"] = by_sample(ref, indices, mask)
-            return objective.loss(logprobs, mask, normalizer=normalizer, **inputs, **options)
+            return objective.loss(logprobs, mask, size=size, **inputs, **options)
 
         self.engine.train()
         totals: dict[str, float] = {}
         grad_norms = []
-        for micros, mini_tokens in plan:
-            sums, grad_norm = self._update(samples, micros, mini_tokens, micro_loss, objective.metrics(cfg))
+        for micros, size in plan:
+            sums, grad_norm = self._update(samples, micros, size, micro_loss, objective.metrics(cfg))
             for key, value in sums.items():
                 totals[key] = totals.get(key, 0.0) + value
             if grad_norm is not None:

@@ -10,12 +10,13 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
+from learner.objectives.aggregation import MiniBatchSize
 from learner.records import TrainSample
 from rollout.common import balance
 
 # One rank's share of one mini-batch: micro-batches of indices into that rank's samples, and the mini-batch's
-# token count over all ranks (what a token-mean loss divides by).
-MiniBatchPlan = tuple[list[list[int]], int]
+# tokens and sequences over all ranks (what the loss aggregation divides by).
+MiniBatchPlan = tuple[list[list[int]], MiniBatchSize]
 
 
 def mini_batches(samples: Sequence[TrainSample], mini_batch_size: int,
@@ -48,7 +49,7 @@ def plan_batch(samples: Sequence[TrainSample], ranks: int, mini_batch_size: int,
             local[r] += [samples[mini[i]] for i in part]
             micros_per_rank.append([indices[j : j + micro_batch_size] for j in range(0, len(indices), micro_batch_size)])
         depth = max(len(m) for m in micros_per_rank)
-        tokens = sum(len(samples[i].completion_ids) for i in mini)
+        size = MiniBatchSize(sum(len(samples[i].completion_ids) for i in mini), len(mini))
         for r, micros in enumerate(micros_per_rank):
-            plans[r].append((micros + [[] for _ in range(depth - len(micros))], tokens))
+            plans[r].append((micros + [[] for _ in range(depth - len(micros))], size))
     return local, plans

@@ -48,6 +48,9 @@ class LearnerConfig:
     norm_adv_by_std: bool = True
     policy_loss: str = "clipped"  # the objective (learner.objectives.OBJECTIVES)
     loss_aggregation: str = "token_mean"  # how per-token losses become one (learner.objectives.aggregation)
+    # seq_mean_token_sum_norm's constant (Dr.GRPO: the generation budget, e.g. rollout.max_tokens)
+    loss_scale_tokens: int | None = None
+    kl_estimator: str = "k3"  # k1 | k2 | k3 (learner.objectives.kl)
     # Which rounds are trained (learner.credit.CREDIT): "every_round" (round 1 by future accuracy, and the
     # continuation rounds by their own chain's answer: it held at every difficulty of the learning grid) or
     # "first_round" (MOTIF as published: round 1 only)
@@ -59,6 +62,7 @@ class LearnerConfig:
         from learner.advantages import ADVANTAGE_ESTIMATORS
         from learner.objectives import OBJECTIVES
         from learner.objectives.aggregation import AGGREGATIONS
+        from learner.objectives.kl import KL_ESTIMATORS
 
         if self.finetune not in ("lora", "full"):
             raise ValueError(f"learner.finetune must be 'lora' or 'full', got {self.finetune!r}")
@@ -80,10 +84,16 @@ class LearnerConfig:
                              f"{self.mini_batch_size}, {self.micro_batch_size}")
         if self.advantage_estimator not in ADVANTAGE_ESTIMATORS:
             raise ValueError(f"learner.advantage_estimator {self.advantage_estimator!r} is not one of {sorted(ADVANTAGE_ESTIMATORS)}")
-        if self.policy_loss not in OBJECTIVES:
-            raise ValueError(f"learner.policy_loss {self.policy_loss!r} is not one of {sorted(OBJECTIVES)}")
+        policies = sorted(name for name in OBJECTIVES if name != "sft")  # sft is `motif sft`'s
+        if self.policy_loss not in policies:
+            raise ValueError(f"learner.policy_loss {self.policy_loss!r} is not one of {policies}")
         if self.loss_aggregation not in AGGREGATIONS:
             raise ValueError(f"learner.loss_aggregation {self.loss_aggregation!r} is not one of {list(AGGREGATIONS)}")
+        if self.loss_aggregation == "seq_mean_token_sum_norm" and not (self.loss_scale_tokens or 0) > 0:
+            raise ValueError("learner.loss_aggregation=seq_mean_token_sum_norm divides by a constant: set "
+                             "learner.loss_scale_tokens (Dr.GRPO: the generation budget, rollout.max_tokens)")
+        if self.kl_estimator not in KL_ESTIMATORS:
+            raise ValueError(f"learner.kl_estimator {self.kl_estimator!r} is not one of {list(KL_ESTIMATORS)}")
         if self.credit not in CREDIT:
             raise ValueError(f"learner.credit {self.credit!r} is not one of {sorted(CREDIT)}")
         if self.learning_rate < 0 or self.kl_coef < 0:

@@ -119,3 +119,23 @@ def test_training_every_round_needs_continuations_from_the_trained_policy():
                                 "rollout.continuation_top_p=0.9", "rollout.continuations=1"]).learner.credit == "first_round"
     assert load_config("demo", ["rollout.rounds=1", "rollout.continuation_top_p=0.9"]).rollout.rounds == 1
     assert load_config("motif-qwen2.5-3b-gsm8k").learner.credit == "first_round"  # the paper's setting
+
+
+@pytest.mark.parametrize("override", [
+    "learner.advantage_estimator=dr_grpo", "learner.advantage_estimator=rloo", "learner.advantage_estimator=reinforce_pp",
+    "learner.policy_loss=ppo_clip", "learner.policy_loss=gspo", "learner.policy_loss=cispo",
+    "learner.loss_aggregation=seq_mean_token_mean", "learner.kl_estimator=k2",
+])
+def test_every_objective_name_in_the_docs_is_accepted(override):
+    key, value = override.split("=")
+    assert getattr(load_config("cluster/configs/demo.yaml", [override]).learner, key.split(".")[1]) == value
+
+
+@pytest.mark.parametrize("override, message", [
+    ("learner.policy_loss=sft", "policy_loss 'sft' is not one of"),
+    ("learner.loss_aggregation=seq_mean_token_sum_norm", "set learner.loss_scale_tokens"),
+    ("learner.kl_estimator=k4", "kl_estimator 'k4'"),
+])
+def test_objective_settings_that_cannot_work_are_refused(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("cluster/configs/demo.yaml", [override])

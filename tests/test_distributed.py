@@ -48,8 +48,9 @@ def test_shard_plan_covers_every_sample_once_with_matching_calls():
     local, plans = plan_batch(samples, ranks=3, mini_batch_size=4, micro_batch_size=1)
     assert sorted(map(id, (s for part in local for s in part))) == sorted(map(id, samples))
     for mini in zip(*plans):  # every rank makes as many micro-steps per mini-batch, and agrees on its tokens
-        assert len({len(micros) for micros, _ in mini}) == 1 and len({tokens for _, tokens in mini}) == 1
-    assert [tokens for _, tokens in plans[0]] == [sum(len(s.completion_ids) for s in samples[:4]),
+        assert len({len(micros) for micros, _ in mini}) == 1 and len({size for _, size in mini}) == 1
+    assert [size.sequences for _, size in plans[0]] == [4, 3]
+    assert [size.tokens for _, size in plans[0]] == [sum(len(s.completion_ids) for s in samples[:4]),
                                                   sum(len(s.completion_ids) for s in samples[4:])]
     # the 3-sample mini-batch over 3 ranks and the balance by tokens within the 4-sample one
     assert all(len([i for m in micros for i in m]) >= 1 for plan in plans for micros, _ in plan)

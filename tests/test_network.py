@@ -45,6 +45,18 @@ def listening(pids: set[int]) -> set[tuple[str, int, int]]:
             if c.status == psutil.CONN_LISTEN and c.pid in pids}
 
 
+def command_lines(root: int) -> dict[int, str]:
+    """The start of each live process's command line in the tree under `root`; one that exits (or is a zombie
+    not yet reaped) while it is read is left out."""
+    found = {}
+    for p in [psutil.Process(root), *psutil.Process(root).children(recursive=True)]:
+        try:
+            found[p.pid] = " ".join(p.cmdline()[:2])[:100]
+        except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+            continue
+    return found
+
+
 def test_a_local_run_listens_on_loopback_or_behind_the_token(tmp_path):
     run_dir = tmp_path / "run"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
@@ -60,8 +72,7 @@ def test_a_local_run_listens_on_loopback_or_behind_the_token(tmp_path):
         # worker and the learner all listen.
         deadline = time.monotonic() + 600
         while driver.poll() is None and time.monotonic() < deadline:
-            tree = [psutil.Process(driver.pid), *psutil.Process(driver.pid).children(recursive=True)]
-            names.update({p.pid: " ".join(p.cmdline()[:2])[:100] for p in tree if p.is_running()})
+            names.update(command_lines(driver.pid))
             sockets |= listening(set(names))
             if (run_dir / "metrics.jsonl").is_file() and (run_dir / "metrics.jsonl").read_text():
                 break

@@ -12,6 +12,7 @@ from cluster.config import load_config
 from learner.batching import plan_batch
 from learner.config import LearnerConfig
 from learner.objectives import OBJECTIVES
+from learner.objectives.aggregation import MiniBatchSize
 from learner.objectives.clipped import clipped_loss
 from learner.objectives.sft import sft_loss
 from learner.records import TrainSample
@@ -21,6 +22,7 @@ OLD = torch.tensor([[-1.1, -3.0, -0.5], [-0.3, -0.5, -9.0]])
 REF = torch.tensor([[-1.2, -2.0, -0.4], [-0.1, -1.5, -9.0]])
 MASK = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
 ADV = torch.tensor([[1.5], [-0.5]])
+SIZE = MiniBatchSize(tokens=5, sequences=2)
 
 
 def closed_form_clipped(clip, kl_coef, normalizer):
@@ -44,25 +46,25 @@ def closed_form_clipped(clip, kl_coef, normalizer):
 
 def test_clipped_loss_matches_the_closed_form():
     loss, metrics = clipped_loss(LOGP, MASK, old_logprobs=OLD, advantages=ADV, ref_logprobs=REF, kl_coef=0.1,
-                                 clip_low=0.2, clip_high=0.2, normalizer=5)
+                                 clip_low=0.2, clip_high=0.2, size=SIZE)
     expected, clipped_tokens, kl_sum = closed_form_clipped(0.2, 0.1, 5)
     assert float(loss) == pytest.approx(expected, abs=1e-6)
     assert float(metrics["clip_frac"]) == clipped_tokens == 2  # ratio e^1 under A>0, e^-1 under A<0: the bound binds
     assert float(metrics["kl"]) == pytest.approx(kl_sum, abs=1e-6)
-    unreferenced, metrics = clipped_loss(LOGP, MASK, old_logprobs=OLD, advantages=ADV, normalizer=5)
+    unreferenced, metrics = clipped_loss(LOGP, MASK, old_logprobs=OLD, advantages=ADV, size=SIZE)
     assert float(unreferenced) == pytest.approx(closed_form_clipped(0.2, 0.0, 5)[0], abs=1e-6)
     assert "kl" not in metrics
 
 
 def test_token_mean_over_micro_batches_is_the_mean_over_the_mini_batch():
-    whole, _ = clipped_loss(LOGP, MASK, old_logprobs=OLD, advantages=ADV, normalizer=5)
+    whole, _ = clipped_loss(LOGP, MASK, old_logprobs=OLD, advantages=ADV, size=SIZE)
     parts = [clipped_loss(LOGP[i : i + 1], MASK[i : i + 1], old_logprobs=OLD[i : i + 1], advantages=ADV[i : i + 1],
-                          normalizer=5)[0] for i in range(2)]
+                          size=SIZE)[0] for i in range(2)]
     assert float(sum(parts)) == pytest.approx(float(whole), abs=1e-7)
 
 
 def test_sft_loss_is_the_masked_token_mean_nll():
-    loss, metrics = sft_loss(LOGP, MASK, normalizer=5)
+    loss, metrics = sft_loss(LOGP, MASK, size=SIZE)
     assert float(loss) == pytest.approx((1.0 + 2.0 + 0.5 + 0.3 + 1.5) / 5) and metrics == {}
 
 
@@ -74,7 +76,7 @@ def test_each_objective_returns_the_metrics_it_declares(name):
         needs = objective.needs(config)
         assert needs <= {"old_logprobs", "ref_logprobs", "advantages"}
         inputs = {"old_logprobs": OLD, "ref_logprobs": REF, "advantages": ADV}
-        _, metrics = objective.loss(LOGP, MASK, normalizer=5, **{k: inputs[k] for k in needs},
+        _, metrics = objective.loss(LOGP, MASK, size=SIZE, **{k: inputs[k] for k in needs},
                                     **objective.options(config))
         assert tuple(sorted(metrics)) == tuple(sorted(objective.metrics(config)))
 
@@ -84,23 +86,40 @@ def samples() -> list[TrainSample]:
             TrainSample([15, 16, 17, 18], [19, 20, 21], 0.25), TrainSample([22], [23], -1.25)]
 
 
-def closed_form_first_step(batch: list[TrainSample]) -> float:
+SCALE_TOKENS = 6
+
+
+def closed_form_first_step(batch: list[TrainSample], aggregation: str = "token_mean") -> float:
     """At the first step the policy is the sampling policy (ratio 1) and, the adapter's B being zero, the
-    reference too (KL 0): the token-mean loss is minus the token-weighted mean advantage."""
-    return -sum(s.advantage * len(s.completion_ids) for s in batch) / sum(len(s.completion_ids) for s in batch)
+    reference too (KL 0): each token's loss is -A of its sample. The reported loss is the token-weighted mean
+    of the mini-batches' losses (mini-batches of 2 here)."""
+    minis = [batch[i : i + 2] for i in range(0, len(batch), 2)]
+
+    def mini_loss(mini):
+        if aggregation == "token_mean":
+            return -sum(s.advantage * len(s.completion_ids) for s in mini) / sum(len(s.completion_ids) for s in mini)
+        if aggregation == "seq_mean_token_mean":
+            return -sum(s.advantage for s in mini) / len(mini)
+        return -sum(s.advantage * len(s.completion_ids) for s in mini) / (len(mini) * SCALE_TOKENS)
+
+    tokens = [sum(len(s.completion_ids) for s in mini) for mini in minis]
+    return sum(mini_loss(m) * t for m, t in zip(minis, tokens)) / sum(tokens)
 
 
+@pytest.mark.parametrize("aggregation", ["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"])
 @pytest.mark.parametrize("ranks", [1, 2])
-def test_learner_reports_the_closed_form_through_deepspeed(ray_session, tiny_model, ranks):
-    """Two mini-batches (an old-logprob pass) and a reference pass at learning rate 0; then a one-sample batch,
-    which leaves the second rank with no sample at all (it used to all-reduce other metric names)."""
+def test_learner_reports_the_closed_form_through_deepspeed(ray_session, tiny_model, ranks, aggregation):
+    """Two mini-batches (an old-logprob pass) and a reference pass at learning rate 0, under every aggregation;
+    then a one-sample batch, which leaves the second rank with no sample at all (it used to all-reduce other
+    metric names)."""
     import ray
 
     from cluster.workers import start_learner_group
 
     config = load_config("tests/configs/smoke.yaml", [
         f"learner.num_ranks={ranks}", "learner.mini_batch_size=2", "learner.micro_batch_size=1",
-        "learner.learning_rate=0.0", "learner.kl_coef=0.1", "cluster.learner_threads=1"])
+        "learner.learning_rate=0.0", "learner.kl_coef=0.1", "cluster.learner_threads=1",
+        f"learner.loss_aggregation={aggregation}", f"learner.loss_scale_tokens={SCALE_TOKENS}"])
     group = start_learner_group(config, tiny_model, "")
     try:
         group.wait_ready(300)
@@ -109,8 +128,96 @@ def test_learner_reports_the_closed_form_through_deepspeed(ray_session, tiny_mod
             reports = ray.get([rank.train_step.remote(part, plan) for rank, part, plan
                                in zip(group.ranks, local, plans)], timeout=300)
             for metrics in reports:
-                assert metrics["loss"] == pytest.approx(closed_form_first_step(batch), abs=1e-6)
+                assert metrics["loss"] == pytest.approx(closed_form_first_step(batch, aggregation), abs=1e-6)
                 assert metrics["kl"] == pytest.approx(0.0, abs=1e-7) and metrics["clip_frac"] == 0.0
                 assert metrics["train_tokens"] == sum(len(s.completion_ids) for s in batch)
     finally:
         group.shutdown()
+
+
+def test_advantage_estimators_match_their_closed_forms():
+    """Two groups of unequal size, one whose rewards are all equal."""
+    from learner.advantages import ADVANTAGE_ESTIMATORS
+
+    rewards, groups = [1.0, 0.0, 0.5, 2.0, 2.0], [0, 0, 0, 1, 1]
+    mean = 0.5
+    sd = math.sqrt(((1 - mean) ** 2 + (0 - mean) ** 2 + 0) / 2)
+    expected = {
+        "grpo": [0.5 / (sd + 1e-6), -0.5 / (sd + 1e-6), 0.0, 0.0, 0.0],
+        "dr_grpo": [0.5, -0.5, 0.0, 0.0, 0.0],
+        "rloo": [1 - 0.25, 0 - 0.75, 0.5 - 0.5, 0.0, 0.0],  # r - mean of the others
+    }
+    batch_mean = sum(rewards) / 5
+    batch_sd = math.sqrt(sum((r - batch_mean) ** 2 for r in rewards) / 4)
+    expected["reinforce_pp"] = [(r - batch_mean) / (batch_sd + 1e-6) for r in rewards]
+    assert set(expected) <= set(ADVANTAGE_ESTIMATORS)
+    for name, values in expected.items():
+        assert ADVANTAGE_ESTIMATORS[name](rewards, groups).tolist() == pytest.approx(values, abs=1e-9), name
+    assert ADVANTAGE_ESTIMATORS["rloo"]([3.0], [0]).tolist() == [0.0]  # a group of one has no baseline
+
+
+def test_aggregations_match_their_closed_forms():
+    from learner.objectives.aggregation import aggregate
+
+    per_token = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])  # row 1 has 2 trained tokens (MASK)
+    assert float(aggregate(per_token, MASK, "token_mean", SIZE)) == pytest.approx((1 + 2 + 3 + 4 + 5) / 5)
+    assert float(aggregate(per_token, MASK, "seq_mean_token_mean", SIZE)) == pytest.approx((2.0 + 4.5) / 2)
+    assert float(aggregate(per_token, MASK, "seq_mean_token_sum_norm", SIZE, 10)) == pytest.approx(15 / (2 * 10))
+    # A micro-batch's share: the rows of one micro-batch over the whole mini-batch's size.
+    share = aggregate(per_token[:1], MASK[:1], "seq_mean_token_mean", SIZE) + \
+        aggregate(per_token[1:], MASK[1:], "seq_mean_token_mean", SIZE)
+    assert float(share) == pytest.approx((2.0 + 4.5) / 2)
+
+
+def test_kl_estimators_match_their_closed_forms():
+    from learner.objectives.kl import kl_estimate
+
+    d = REF - LOGP
+    assert torch.allclose(kl_estimate(LOGP, REF, "k1"), -d)
+    assert torch.allclose(kl_estimate(LOGP, REF, "k2"), d * d / 2)
+    assert torch.allclose(kl_estimate(LOGP, REF, "k3"), torch.exp(d) - d - 1)
+
+
+def test_gspo_clips_whole_sequences_by_their_geometric_mean_ratio():
+    from learner.objectives.gspo import gspo_loss
+
+    logp = LOGP.clone().requires_grad_(True)
+    loss, metrics = gspo_loss(logp, MASK, old_logprobs=OLD, advantages=ADV, size=SIZE, clip_low=0.2, clip_high=0.2)
+    expected, clipped = 0.0, 0
+    for b in range(2):
+        n = int(MASK[b].sum())
+        s = math.exp(sum(float(LOGP[b, t] - OLD[b, t]) for t in range(n)) / n)
+        a = float(ADV[b, 0])
+        bounded = min(max(s, 0.8), 1.2)
+        expected += n * max(-a * s, -a * bounded)
+        clipped += n * (-a * bounded > -a * s)
+    assert float(loss.detach()) == pytest.approx(expected / 5, abs=1e-6)
+    assert float(metrics["clip_frac"]) == clipped
+    loss.backward()
+    assert torch.all(logp.grad[MASK == 0] == 0)
+
+
+def test_cispo_keeps_a_gradient_on_clipped_tokens():
+    from learner.objectives.cispo import cispo_loss
+
+    logp = LOGP.clone().requires_grad_(True)
+    loss, metrics = cispo_loss(logp, MASK, old_logprobs=OLD, advantages=ADV, size=SIZE, clip_low=0.2, clip_high=0.2)
+    expected, clipped = 0.0, 0
+    for b in range(2):
+        for t in range(3):
+            if MASK[b, t]:
+                r = math.exp(float(LOGP[b, t] - OLD[b, t]))
+                w = min(max(r, 0.8), 1.2)
+                expected += -w * float(ADV[b, 0]) * float(LOGP[b, t])
+                clipped += w != r
+    assert float(loss.detach()) == pytest.approx(expected / 5, abs=1e-6)
+    assert float(metrics["clip_frac"]) == clipped == 2
+    loss.backward()
+    # The gradient of each trained token is -w * A / tokens, clipped tokens included (PPO's clip zeroes those).
+    grad = logp.grad
+    for b in range(2):
+        for t in range(3):
+            if MASK[b, t]:
+                r = math.exp(float(LOGP[b, t] - OLD[b, t]))
+                assert float(grad[b, t]) == pytest.approx(-min(max(r, 0.8), 1.2) * float(ADV[b, 0]) / 5, abs=1e-6)
+

@@ -115,26 +115,35 @@ def in_namespace_titled(ns: netns.Namespace, prefix: bytes, timeout_s: float) ->
     return None
 
 
-def test_the_worker_node_dies_mid_step_and_the_run_resumes_on_the_other(nodes, tiny_dir, tmp_path):
-    run_dir = tmp_path / "run"
-    proc = train(nodes, tiny_dir, run_dir, "steps=2", *PLACE)
+def kill_the_worker_node_during(nodes, proc: subprocess.Popen, title: bytes, what: str, timeout_s: float) -> str:
+    """Once a process of the worker node is titled `title` (the run is there), that process and then the whole
+    node go; returns the run's output."""
     try:
-        checkpoint = run_dir / "checkpoints" / "step-00000001" / "driver.json"
-        deadline = time.monotonic() + 600
-        while not checkpoint.exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert checkpoint.exists(), "step 1 was not checkpointed"
-        # Step 2's rollout is running on the worker node: the whole node goes, every process in its namespace
-        # (the generating worker first, before its shard can finish).
-        busy = in_namespace_titled(nodes.worker, b"ray::RolloutWorker.generate", timeout_s=120)
-        assert busy, "no rollout on the worker node"
+        busy = in_namespace_titled(nodes.worker, title, timeout_s=timeout_s)
+        assert busy, f"no {what} on the worker node"
         os.kill(busy, signal.SIGKILL)
         nodes.worker.kill_all()
         output, _ = proc.communicate(timeout=600)
         print(output)
+        return output
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
+
+
+def test_the_worker_node_dies_mid_step_and_the_run_resumes_on_the_other(nodes, tiny_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    proc = train(nodes, tiny_dir, run_dir, "steps=2", *PLACE)
+    checkpoint = run_dir / "checkpoints" / "step-00000001" / "driver.json"
+    deadline = time.monotonic() + 600
+    while not checkpoint.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if not checkpoint.exists():
+        proc.kill()
+        pytest.fail("step 1 was not checkpointed")
+    # Step 2's rollout is running on the worker node: the whole node goes, every process in its namespace (the
+    # generating worker first, before its shard can finish).
+    output = kill_the_worker_node_during(nodes, proc, b"ray::RolloutWorker.generate", "rollout", 120)
     assert proc.returncode == 1, output[-4000:]
     assert "starting a replacement" in output
     # The step's rollout finished on replacements on the head node; the lost rank ended the run.
@@ -169,15 +178,7 @@ def test_the_worker_node_dies_during_the_update_and_the_run_ends_with_the_resume
     # Longer updates (several mini-batches of longer samples) widen the window in which to catch one.
     proc = train(nodes, tiny_dir, run_dir, "steps=3", *PLACE, "learner.mini_batch_size=1",
                  "learner.micro_batch_size=1", "rollout.max_tokens=96")
-    try:
-        busy = in_namespace_titled(nodes.worker, b"ray::GRPOLearner.train_step", timeout_s=600)
-        assert busy, "no update on the worker node"
-        nodes.worker.kill_all()
-        output, _ = proc.communicate(timeout=600)
-        print(output)
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
+    output = kill_the_worker_node_during(nodes, proc, b"ray::GRPOLearner.train_step", "update", 600)
     assert proc.returncode == 1, output[-4000:]
     resume = f"motif train --config {run_dir / 'config.yaml'} --resume auto"
     last = [line for line in output.splitlines() if line.startswith("motif: ")][-1]

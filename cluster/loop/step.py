@@ -154,8 +154,10 @@ def score_and_credit(parts: StepParts, batch: list[Problem], episodes: list[Epis
     advantages = parts.estimator(
         scored.totals, [e.prompt_index for e in episodes], norm_by_std=cfg.learner.norm_adv_by_std).tolist()
     write_samples(parts.samples_dir / f"step-{step}.jsonl", step, batch, episodes, scored.totals, advantages)
+    # One-turn episodes (a single round) have no answer turns below the root to score.
+    finals = scored.finals if answers_scored else [[] for _ in episodes]
     samples = parts.credit(episodes, advantages, estimator=parts.estimator, norm_by_std=cfg.learner.norm_adv_by_std,
-                           **({"final_scores": scored.finals} if answers_scored else {}))
+                           **({"final_scores": finals} if parts.scores_answers else {}))
     return samples, {**scored.metrics, **rollout_stats(episodes)}
 
 

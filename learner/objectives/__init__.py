@@ -1,9 +1,10 @@
 """Objectives by name (`learner.policy_loss`): pure loss functions on [batch, tokens] tensors, each with what
 the learner must compute for it. The learner runs whichever the config names through one update path.
 
-An objective's `loss(logprobs, response_mask, *, normalizer, **inputs, **options)` returns the micro-batch's
-share of the mini-batch loss (aggregated as `aggregation` says, over `normalizer`, the mini-batch's size on
-all ranks) and the sums of its metrics over the micro-batch's tokens. `needs(config)` names the inputs beyond
+An objective's `loss(logprobs, response_mask, *, size, **inputs, **options)` returns the micro-batch's share of
+the mini-batch loss (aggregated as `aggregation` says, over `size`, the mini-batch's tokens and sequences on
+all ranks) and the sums of its metrics over the micro-batch's tokens. Built in: `clipped` (= `ppo_clip`),
+`gspo`, `cispo` (policy losses) and `sft`. `needs(config)` names the inputs beyond
 logprobs and mask: "old_logprobs" (the sampling policy's, for ratios), "ref_logprobs" (the adapter-disabled
 reference), "advantages". `metrics(config)` lists the keys it returns, so that every rank, one with no samples
 included, reduces the same ones.
@@ -33,4 +34,4 @@ def register_objective(name: str, objective: Objective) -> Objective:
     return _register(name)(objective)
 
 
-from learner.objectives import clipped, sft  # noqa: E402,F401  (each module registers its entries)
+from learner.objectives import cispo, clipped, gspo, sft  # noqa: E402,F401  (each module registers its entries)

@@ -1,17 +1,21 @@
-"""`clipped`: the PPO/GRPO clipped surrogate with an optional k3 KL term to the reference policy."""
+"""`clipped` (also `ppo_clip`): the PPO/GRPO clipped surrogate, token by token, with separate `clip_low` and
+`clip_high` (DAPO's clip-higher: a wider upper bound), plus `kl_coef` times a KL estimate to the reference:
+
+    loss_t = max(-A * r_t, -A * clip(r_t, 1 - clip_low, 1 + clip_high)) + kl_coef * KL_t,  r_t = exp(logp_t - old_t)
+"""
 
 from __future__ import annotations
 
 import torch
 
 from learner.objectives import Objective, register_objective
-from learner.objectives.aggregation import aggregate
+from learner.objectives.aggregation import MiniBatchSize, aggregate
+from learner.objectives.kl import kl_estimate
 
 
 def k3_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
     """Per-token unbiased, non-negative KL(policy || reference) estimate: exp(d) - d - 1, d = ref - policy."""
-    d = ref_logprobs - logprobs
-    return torch.exp(d) - d - 1
+    return kl_estimate(logprobs, ref_logprobs, "k3")
 
 
 def clipped_surrogate(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, *,
@@ -19,29 +23,51 @@ def clipped_surrogate(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advant
     """Per-token max(-A*ratio, -A*clip(ratio)) and a mask of tokens where clipping bit. `advantages` broadcasts
     over tokens ([batch, 1] for sequence-level GRPO advantages)."""
     ratio = torch.exp(logprobs - old_logprobs)
+    return bounded(ratio, advantages, clip_low, clip_high)
+
+
+def bounded(ratio: torch.Tensor, advantages: torch.Tensor, clip_low: float, clip_high: float):
+    """The pessimistic PPO bound of -A * ratio, and where the clipped side was taken."""
     unclipped = -advantages * ratio
     clipped = -advantages * torch.clamp(ratio, 1 - clip_low, 1 + clip_high)
-    return torch.maximum(unclipped, clipped), (clipped > unclipped).to(logprobs.dtype)
+    return torch.maximum(unclipped, clipped), (clipped > unclipped).to(ratio.dtype)
+
+
+def with_kl(per_token: torch.Tensor, metrics: dict, logprobs: torch.Tensor, mask: torch.Tensor,
+            ref_logprobs: torch.Tensor | None, kl_coef: float, kl_estimator: str) -> torch.Tensor:
+    """`per_token` plus kl_coef times the KL estimate, when a reference is given (its token sum in metrics)."""
+    if ref_logprobs is None:
+        return per_token
+    kl = kl_estimate(logprobs, ref_logprobs, kl_estimator)
+    metrics["kl"] = (kl * mask).sum()
+    return per_token + kl_coef * kl
 
 
 def clipped_loss(logprobs: torch.Tensor, response_mask: torch.Tensor, *, old_logprobs: torch.Tensor,
-                 advantages: torch.Tensor, normalizer: float, ref_logprobs: torch.Tensor | None = None,
-                 kl_coef: float = 0.0, clip_low: float = 0.2, clip_high: float = 0.2,
-                 aggregation: str = "token_mean") -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The surrogate plus `kl_coef` times k3 KL per token (when `ref_logprobs` is given), aggregated."""
+                 advantages: torch.Tensor, size: MiniBatchSize, ref_logprobs: torch.Tensor | None = None,
+                 kl_coef: float = 0.0, kl_estimator: str = "k3", clip_low: float = 0.2, clip_high: float = 0.2,
+                 aggregation: str = "token_mean", scale_tokens: int | None = None
+                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     per_token, clipped = clipped_surrogate(logprobs, old_logprobs, advantages, clip_low=clip_low, clip_high=clip_high)
     metrics = {"clip_frac": (clipped * response_mask).sum()}
-    if ref_logprobs is not None:
-        kl = k3_kl(logprobs, ref_logprobs)
-        per_token = per_token + kl_coef * kl
-        metrics["kl"] = (kl * response_mask).sum()
-    return aggregate(per_token, response_mask, aggregation, normalizer), metrics
+    per_token = with_kl(per_token, metrics, logprobs, response_mask, ref_logprobs, kl_coef, kl_estimator)
+    return aggregate(per_token, response_mask, aggregation, size, scale_tokens), metrics
 
 
-register_objective("clipped", Objective(
-    loss=clipped_loss,
-    needs=lambda c: frozenset({"old_logprobs", "advantages"} | ({"ref_logprobs"} if c.kl_coef else set())),
-    metrics=lambda c: ("clip_frac", "kl") if c.kl_coef else ("clip_frac",),
-    options=lambda c: {"kl_coef": c.kl_coef, "clip_low": c.clip_low, "clip_high": c.clip_high,
-                       "aggregation": c.loss_aggregation},
-))
+def policy_needs(config) -> frozenset[str]:
+    return frozenset({"old_logprobs", "advantages"} | ({"ref_logprobs"} if config.kl_coef else set()))
+
+
+def policy_metrics(config) -> tuple[str, ...]:
+    return ("clip_frac", "kl") if config.kl_coef else ("clip_frac",)
+
+
+def policy_options(config) -> dict:
+    return {"kl_coef": config.kl_coef, "kl_estimator": config.kl_estimator, "clip_low": config.clip_low,
+            "clip_high": config.clip_high, "aggregation": config.loss_aggregation,
+            "scale_tokens": config.loss_scale_tokens}
+
+
+CLIPPED = Objective(loss=clipped_loss, needs=policy_needs, metrics=policy_metrics, options=policy_options)
+register_objective("clipped", CLIPPED)
+register_objective("ppo_clip", CLIPPED)

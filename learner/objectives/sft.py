@@ -5,15 +5,16 @@ from __future__ import annotations
 import torch
 
 from learner.objectives import Objective, register_objective
-from learner.objectives.aggregation import aggregate
+from learner.objectives.aggregation import MiniBatchSize, aggregate
 
 
-def sft_loss(logprobs: torch.Tensor, response_mask: torch.Tensor, *, normalizer: float,
-             aggregation: str = "token_mean") -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    return aggregate(-logprobs, response_mask, aggregation, normalizer), {}
+def sft_loss(logprobs: torch.Tensor, response_mask: torch.Tensor, *, size: MiniBatchSize,
+             aggregation: str = "token_mean", scale_tokens: int | None = None
+             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    return aggregate(-logprobs, response_mask, aggregation, size, scale_tokens), {}
 
 
 register_objective("sft", Objective(
     loss=sft_loss, needs=lambda c: frozenset(), metrics=lambda c: (),
-    options=lambda c: {"aggregation": c.loss_aggregation},
+    options=lambda c: {"aggregation": c.loss_aggregation, "scale_tokens": c.loss_scale_tokens},
 ))
