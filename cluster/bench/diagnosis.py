@@ -212,7 +212,7 @@ def find_config(path: str | Path) -> Path | None:
 
 
 def toy_settings(config_path: str | Path) -> tuple[ToyConfig, str]:
-    """(data.toy, eval.split) of a run config. Read as plain YAML with the defaults of cluster/config.py
+    """(data.toy, eval.split) of a run config. Read as plain YAML with the defaults of cluster/config/schema.py
     rather than validated by it: a run folder's config.yaml stays readable when the config schema moves on."""
     raw = yaml.safe_load(Path(config_path).read_text()) or {}
     data, evaluation = raw.get("data") or {}, raw.get("eval") or {}

@@ -13,11 +13,6 @@ from learner.objectives.aggregation import MiniBatchSize, aggregate
 from learner.objectives.kl import kl_estimate
 
 
-def k3_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
-    """Per-token unbiased, non-negative KL(policy || reference) estimate: exp(d) - d - 1, d = ref - policy."""
-    return kl_estimate(logprobs, ref_logprobs, "k3")
-
-
 def clipped_surrogate(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, *,
                       clip_low: float = 0.2, clip_high: float = 0.2) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token max(-A*ratio, -A*clip(ratio)) and a mask of tokens where clipping bit. `advantages` broadcasts
