@@ -1,4 +1,4 @@
-"""`motif` command line: train, sft, eval, report, build-tiny-model."""
+"""`motif` command line: train, sft, eval, build-traces, report, build-tiny-model."""
 
 from __future__ import annotations
 
@@ -64,6 +64,10 @@ def main(argv: list[str] | None = None) -> int:
                     "Evaluate through the vLLM rollout worker with the protocol of the train config; the eval "
                     "section sets rounds, max_tokens, temperature, n, the dataset split and eval.adapter. Writes "
                     "samples.jsonl and summary.json to eval.output_dir.")
+    _config_command(commands, "build-traces", "stage 1 of self-correction: SFT traces from the model's own samples",
+                    "Sequential rejection sampling with rollout.protocol=self_correct: first attempts, verdicts "
+                    "until one agrees with the grader, corrections until one is right. Writes the kept traces as "
+                    "SFT rows for `motif sft` (traces.path) and the mix beside them.")
     report = commands.add_parser("report", help="plot a run's curves to a PNG")
     report.add_argument("run_dir")
     report.add_argument("--out", help="PNG path (default RUN_DIR/report.png)")
@@ -98,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         config = load_config(args.config, args.overrides, SFTRunConfig if args.command == "sft" else RunConfig,
-                             purpose="eval" if args.command == "eval" else "train")
+                             purpose="eval" if args.command in ("eval", "build-traces") else "train")
     except ConfigError as e:
         print(f"motif: invalid config: {e}", file=sys.stderr)
         return 2
@@ -154,6 +158,11 @@ def _run(args: argparse.Namespace, config) -> int:
 
         preflight.check_eval(config, eval_folder(config))
         run_eval(config)
+    elif args.command == "build-traces":
+        from cluster.traces import run_build_traces, traces_path
+
+        preflight.check_traces(config, traces_path(config))
+        run_build_traces(config)
     else:
         preflight.check_train(config)
         from cluster.loop.sync import train

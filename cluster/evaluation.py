@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import statistics
 from collections import Counter
 from math import comb, exp, lgamma, log, sqrt
 from pathlib import Path
@@ -13,13 +14,14 @@ from tqdm import tqdm
 
 from cluster.config import RunConfig
 from cluster.tasks.data import LoadReport, Problem, load_problems
-from cluster.spec import motif_spec
+from cluster.spec import response_format, rollout_spec
 from rewards import FORMATS, build_rewards, grade_batch
+from rewards.grading import correctness
 from rewards.math_answers import answer_key
 from rollout.engine import ABORTED, PROMPT_TOO_LONG
-from rollout.protocols import PROTOCOLS, protocol_name
-from rollout.protocols.motif import MotifSpec, motif_response_format
-from rollout.records import SamplingSpec
+from rollout.protocols import PROTOCOLS, Protocol, protocol_name
+from rollout.protocols.motif import MotifSpec
+from rollout.records import RESPONSE, Episode, SamplingSpec
 
 QUESTIONS_PER_CALL = 16  # rollout calls per progress-bar tick
 
@@ -39,7 +41,7 @@ def eval_spec(config: RunConfig, train_spec: MotifSpec) -> MotifSpec:
     else:
         first = later = SamplingSpec(temperature=e.temperature, top_p=e.top_p, max_tokens=budget)
     return dataclasses.replace(train_spec, samples_per_prompt=e.n, continuations=1,
-                               rounds=e.rounds or r.rounds, first_round=first, continuation=later,
+                               rounds=e.rounds or train_spec.rounds, first_round=first, continuation=later,
                                continuation_policy="current")
 
 
@@ -138,12 +140,53 @@ def summarize(samples: list[dict], n: int) -> dict:
         ) / len(groups)
     rounds = max(len(s["tokens"]) for s in samples)
     summary["format_rate"] = sum(s["format_ok"] for s in samples) / len(samples)
+    # Turn r's mean over the samples that reached it (a protocol may stop some episodes early).
     summary["mean_tokens_per_round"] = [
-        sum(s["tokens"][r] for s in samples) / len(samples) for r in range(rounds)
+        statistics.fmean(s["tokens"][r] for s in samples if len(s["tokens"]) > r) for r in range(rounds)
     ]
+    summary["mean_tokens"] = statistics.fmean(sum(s["tokens"]) for s in samples)
     summary["no_answer"] = sum(s["answer"] is None for s in samples)
     summary["truncated"] = sum(s["truncated"] for s in samples)
     summary["prompt_too_long"] = sum(s["prompt_too_long"] for s in samples)
+    return summary
+
+
+def protocol_outcomes(protocol: Protocol, episodes: list[Episode], golds: list[str | None]) -> list[dict]:
+    """The protocol's own figures per episode (protocol.outcomes), from the turns it grades: graded here once,
+    by the bounded grader; [] for a protocol without figures of its own."""
+    if protocol.outcomes is None:
+        return []
+    turns = [(i, j) for i, e in enumerate(episodes) for j in protocol.graded(e)]
+    results = grade_batch([episodes[i].turns[j].completion.text for i, j in turns], [golds[i] for i, _ in turns])
+    correct = [{} for _ in episodes]
+    for (i, j), right in zip(turns, correctness(results)):
+        correct[i][j] = right
+    return [protocol.outcomes(e, c) for e, c in zip(episodes, correct)]
+
+
+def mean_outcomes(prefix: str, outcomes: list[dict]) -> dict:
+    """Each figure's mean over the episodes that have it, as `<prefix>/<figure>`."""
+    keys = dict.fromkeys(k for o in outcomes for k in o)
+    means = {}
+    for key in keys:
+        values = [o[key] for o in outcomes if o.get(key) is not None]
+        if values:
+            means[f"{prefix}/{key}"] = sum(values) / len(values)
+    return means
+
+
+def outcome_summary(prefix: str, samples: list[dict]) -> dict:
+    """Each of the protocol's figures (a sample's `outcomes`) as `<prefix>/<figure>`: its mean over the samples
+    that have it, with the 95% interval of clustered_interval (questions as units)."""
+    summary = mean_outcomes(prefix, [s["outcomes"] for s in samples])
+    for key in dict.fromkeys(k for s in samples for k in s["outcomes"]):
+        by_question: dict = {}
+        for s in samples:
+            if s["outcomes"].get(key) is not None:
+                by_question.setdefault(s["question_id"], []).append(s["outcomes"][key])
+        interval = clustered_interval([sum(v) / len(v) for v in by_question.values()])
+        if interval is not None:
+            summary[f"{prefix}/{key}_lo"], summary[f"{prefix}/{key}_hi"] = interval[1:]
     return summary
 
 
@@ -152,47 +195,55 @@ class EvalFailed(RuntimeError):
 
 
 def evaluate(pool, problems: list[Problem], spec: MotifSpec, desc: str = "eval", key: tuple = ("eval",),
-             max_failed_fraction: float = 0.0) -> tuple[dict, list[dict]]:
-    """Run `spec` on every problem through the rollout pool; returns (summary, one record per sample). `key`
-    names the evaluation, which fixes its sampling seeds.
+             max_failed_fraction: float = 0.0, protocol: str | None = None) -> tuple[dict, list[dict]]:
+    """Run `spec` under `protocol` (None: the one spec.rounds implies) on every problem through the rollout pool;
+    returns (summary, one record per sample). `key` names the evaluation, which fixes its sampling seeds.
 
     A sample whose generation failed (a request that failed every retry) is no answer, not a wrong one: its
     question leaves the summary, which counts it as `failed_requests`. More than `max_failed_fraction` of the
     samples failed, or none succeeded: EvalFailed, and no summary."""
-    # One chain per sample, through the spec's rounds: MOTIF's, or one round for single.
-    protocol = PROTOCOLS[protocol_name(None, spec.rounds)]
-    samples = []
+    name = protocol_name(protocol, spec.rounds)
+    rules = PROTOCOLS[name]
+    samples, episodes = [], []
     for start in tqdm(range(0, len(problems), QUESTIONS_PER_CALL), desc=desc, unit="batch", leave=False):
         batch = problems[start : start + QUESTIONS_PER_CALL]
         pool.begin(*key, start)
-        episodes = protocol.rollout(pool.generate, [p.question for p in batch], spec)
         per_question = Counter()
-        for e in episodes:
+        # One chain per sample (eval_spec: one continuation), through the protocol's turns.
+        for e in rules.rollout(pool.generate, [p.question for p in batch], spec):
             problem = batch[e.prompt_index]
             chains = e.chains()
-            rounds = [t.completion for t in [e.root] + (chains[0] if chains else [])]
-            formats = [motif_response_format(spec.rounds)] * (len(rounds) - 1) + ["reasoning_answer"]
+            turns = [e.root] + (chains[0] if chains else [])
+            responses = [t for t in turns if t.kind == RESPONSE]
+            formats = [rules.response_format(spec)] * (len(responses) - 1) + ["reasoning_answer"]
             samples.append({
                 "question_id": problem.row,
                 "sample": per_question[e.prompt_index],
                 "gold": problem.gold,
-                "rounds": [c.text for c in rounds],
-                "tokens": [len(c.completion_ids) for c in rounds],
-                "format_ok": all(FORMATS[f](c.text) for f, c in zip(formats, rounds)),
-                "truncated": any(c.finish_reason == "length" for c in rounds),
-                "prompt_too_long": any(c.finish_reason == PROMPT_TOO_LONG for c in rounds),
-                "failed": any(c.finish_reason == ABORTED for c in rounds),
+                "rounds": [t.completion.text for t in turns],
+                "final": turns.index(rules.finals(e)[0]),  # the turn holding the graded answer
+                "tokens": [len(t.completion.completion_ids) for t in turns],
+                "format_ok": all(FORMATS[f](t.completion.text) for f, t in zip(formats, responses)),
+                "truncated": any(t.completion.finish_reason == "length" for t in turns),
+                "prompt_too_long": any(t.completion.finish_reason == PROMPT_TOO_LONG for t in turns),
+                "failed": any(t.completion.finish_reason == ABORTED for t in turns),
             })
+            episodes.append(e)
             per_question[e.prompt_index] += 1
     failed = sum(s["failed"] for s in samples)
     if not samples or failed > max_failed_fraction * len(samples) or failed == len(samples):
         raise EvalFailed(f"{desc}: {failed} of {len(samples)} samples failed to generate (more than "
                          f"eval.max_failed_fraction={max_failed_fraction:g}); see the rollout logs. No summary written")
-    results = grade_batch([s["rounds"][-1] for s in samples], [s["gold"] for s in samples])
+    results = grade_batch([s["rounds"][s["final"]] for s in samples], [s["gold"] for s in samples])
     for s, result in zip(samples, results):
         s.update(answer=result.answer, correct=result.correct, grade=result.reason)
+    for s, outcomes in zip(samples, protocol_outcomes(rules, episodes, [s["gold"] for s in samples])):
+        s["outcomes"] = outcomes
     lost = {s["question_id"] for s in samples if s["failed"]}
-    summary = summarize([s for s in samples if s["question_id"] not in lost], spec.samples_per_prompt)
+    kept = [s for s in samples if s["question_id"] not in lost]
+    summary = summarize(kept, spec.samples_per_prompt)
+    if rules.outcomes is not None:
+        summary.update(outcome_summary(name, kept))
     return {**summary, "failed_requests": failed, "failed_questions": len(lost)}, samples
 
 
@@ -228,9 +279,8 @@ def run_eval(config: RunConfig) -> dict:
 
     problems = eval_problems(config)
     model_path = resolve_model(config.model, config.data.toy)
-    rewards = build_rewards(config.reward.components, motif_response_format(config.rollout.rounds)) \
-        if config.reward.motivation else []
-    spec = eval_spec(config, motif_spec(config, rewards))
+    rewards = build_rewards(config.reward.components, response_format(config)) if config.reward.motivation else []
+    spec = eval_spec(config, rollout_spec(config, rewards))
     start_ray(config, log_dir)
     pool = start_rollout_pool(config, model_path)
     try:
@@ -238,7 +288,8 @@ def run_eval(config: RunConfig) -> dict:
         if config.eval.adapter:
             payload = AdapterPayload.from_folder(1, Path(config.eval.adapter))
             pool.push(payload, payload.digest, 1)
-        summary, samples = evaluate(pool, problems, spec, max_failed_fraction=config.eval.max_failed_fraction)
+        summary, samples = evaluate(pool, problems, spec, max_failed_fraction=config.eval.max_failed_fraction,
+                                    protocol=config.rollout.protocol)
     finally:
         pool.shutdown()
         for reward in rewards:

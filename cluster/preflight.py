@@ -14,8 +14,8 @@ from pathlib import Path
 
 from cluster.config import BadInput, RunConfig, SFTRunConfig
 from cluster.evaluation import eval_spec, load_eval_problems
-from cluster.spec import motif_spec
-from cluster.tasks.data import data_file
+from cluster.spec import rollout_spec
+from cluster.tasks.data import data_file, load_problems
 from rollout.protocols.motif import MotifSpec
 from rollout.records import SamplingSpec
 
@@ -151,7 +151,7 @@ def check_sampling(config: RunConfig, training: bool) -> None:
     eval`, or training with eval.every > 0: the evaluation), so a setting vLLM refuses is one line here instead
     of every request failing on the workers (e.g. eval.temperature=0 with eval.n=4: greedy sampling is n=1)."""
     e = config.eval
-    train = motif_spec(config, [])  # the rewards only word the system prompts
+    train = rollout_spec(config, [])  # the rewards only word the system prompts
     requests = []
     if training:
         requests += _requests(train, ("rollout.samples_per_prompt", "rollout.temperature", "rollout.top_p"),
@@ -205,6 +205,15 @@ def check_eval(config: RunConfig, output_dir: Path) -> None:
                            "choose another folder")
     check_writable(output_dir, "eval.output_dir" if config.eval.output_dir else "output_dir")
     check_sampling(config, training=False)
+
+
+def check_traces(config: RunConfig, out: Path) -> None:
+    if config.rollout.protocol != "self_correct":
+        raise BadInput("motif build-traces samples self-correction episodes: set rollout.protocol=self_correct, got "
+                       f"{config.rollout.protocol!r}")
+    check_model(config.model.path)
+    load_problems(config.data)
+    check_writable(str(out.parent), "traces.path" if config.traces.path else "output_dir")
 
 
 def check_sft(config: SFTRunConfig) -> None:

@@ -5,19 +5,32 @@ from __future__ import annotations
 from cluster.config import RunConfig
 from rewards.motivation import motivated_system_prompt
 from rewards.registry import Reward
-from rollout.protocols.motif import SYSTEM_PROMPT, MotifSpec, motif_response_format
+from rollout.protocols import PROTOCOLS, Protocol, protocol_name
+from rollout.protocols.motif import SYSTEM_PROMPT, MotifSpec
 from rollout.records import SamplingSpec
 
 
-def motif_spec(config: RunConfig, rewards: list[Reward]) -> MotifSpec:
+def run_protocol(config: RunConfig) -> Protocol:
+    return PROTOCOLS[protocol_name(config.rollout.protocol, config.rollout.rounds)]
+
+
+def response_format(config: RunConfig) -> str:
+    """The FORMATS entry the trained response follows under the run's protocol."""
+    return run_protocol(config).response_format(config.rollout)
+
+
+def rollout_spec(config: RunConfig, rewards: list[Reward]) -> MotifSpec:
+    """The run's protocol's spec (a MotifSpec, or one that extends it)."""
     r = config.rollout
+    protocol = run_protocol(config)
+    base = protocol.system_prompt or SYSTEM_PROMPT
 
     def system_prompt(response_format: str) -> str:
         if not config.reward.motivation:
-            return SYSTEM_PROMPT
-        return motivated_system_prompt(SYSTEM_PROMPT, rewards, response_format)
+            return base
+        return motivated_system_prompt(base, rewards, response_format)
 
-    return MotifSpec(
+    common = MotifSpec(
         samples_per_prompt=r.samples_per_prompt,
         continuations=r.continuations,
         rounds=r.rounds,
@@ -26,6 +39,7 @@ def motif_spec(config: RunConfig, rewards: list[Reward]) -> MotifSpec:
                                   max_tokens=r.max_tokens),
         continuation_policy=r.continuation_policy,
         # Each round is told what it is rewarded for producing: progress before the last round, an answer in it.
-        system_prompt=system_prompt(motif_response_format(r.rounds)),
+        system_prompt=system_prompt(protocol.response_format(r)),
         final_system_prompt=system_prompt("reasoning_answer"),
     )
+    return protocol.spec(common, r)

@@ -11,10 +11,15 @@ from collections.abc import Callable, Sequence
 
 from rollout.common import registrar
 from learner.records import TrainSample
-from rollout.records import MODEL, Episode
+from rollout.records import MODEL, RESPONSE, Episode, Turn
 
 CREDIT: dict[str, Callable[..., list[TrainSample]]] = {}
 register_credit = registrar(CREDIT)
+
+
+def _trained(turn: Turn, advantage: float, episode: int) -> TrainSample:
+    return TrainSample(turn.completion.prompt_ids, turn.completion.completion_ids, advantage, turn.temperature,
+                       episode=episode)
 
 
 @register_credit("first_round")
@@ -50,9 +55,27 @@ def every_round(episodes: Sequence[Episode], advantages: Sequence[float], *,
         return samples
     chain_advantages = estimator(scores, groups, norm_by_std=norm_by_std).tolist()
     for chain, episode, advantage in zip(chains, groups, chain_advantages):
-        samples += [TrainSample(t.completion.prompt_ids, t.completion.completion_ids, advantage, t.temperature,
-                                episode=episode)
-                    for t in chain if t.role == MODEL and t.completion.completion_ids]
+        samples += [_trained(t, advantage, episode) for t in chain if t.role == MODEL and t.completion.completion_ids]
+    return samples
+
+
+@register_credit("every_turn")
+def every_turn(episodes: Sequence[Episode], advantages: Sequence[float], **_) -> list[TrainSample]:
+    """Every model turn of an episode (self-correction: each attempt and each verdict) with the episode's
+    advantage: the outcome of the final answer is credited to everything that led to it. Injected turns are
+    never trained; each turn is scored at the temperature it was sampled at."""
+    return [_trained(t, a, i) for i, (e, a) in enumerate(zip(episodes, advantages))
+            for t in e.turns if t.role == MODEL and t.completion.completion_ids]
+
+
+@register_credit("final_turn")
+def final_turn(episodes: Sequence[Episode], advantages: Sequence[float], **_) -> list[TrainSample]:
+    """The episode's last response (the final answer; self-correction: the last attempt, not its verdict) with
+    the episode's advantage; the turns before it change only through the shared adapter."""
+    samples = []
+    for i, (e, a) in enumerate(zip(episodes, advantages)):
+        last = [t for t in e.turns if t.role == MODEL and t.kind == RESPONSE][-1:]
+        samples += [_trained(t, a, i) for t in last if t.completion.completion_ids]
     return samples
 
 

@@ -23,6 +23,15 @@ class GradeResult:
     answer: str | None = None  # the extracted final answer, when there was one
 
 
+# Grading outcomes that say nothing about the answer: its score is left out, never counted as wrong.
+UNGRADED = ("timeout", "worker_died", "error", "invalid_input")
+
+
+def correctness(results: Sequence[GradeResult]) -> list[bool | None]:
+    """Whether each graded answer is right; None where the grading said nothing (UNGRADED)."""
+    return [None if r.reason in UNGRADED else r.correct for r in results]
+
+
 def _grade_in_worker(response: str, gold: str) -> GradeResult:
     predicted = extract_answer(response)
     if predicted is None:

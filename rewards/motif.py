@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 
-from rewards.grading import grade_batch
+from rewards.grading import correctness, grade_batch
 
 
 def mean_per_group(flat_values: Sequence[float], groups: Sequence[Sequence]) -> list[float]:
@@ -25,17 +25,13 @@ def _grade_finals(finals: Sequence[Sequence[str]], golds: Sequence[str]):
     return grade_batch([t for t, _ in flat], [g for _, g in flat])
 
 
-# Grading outcomes that say nothing about the answer: its score is left out, never counted as wrong.
-UNGRADED = ("timeout", "worker_died", "error", "invalid_input")
-
-
 def future_accuracies(finals: Sequence[Sequence[str]], golds: Sequence[str]
                       ) -> tuple[list[float], Counter, list[list[float | None]]]:
     """Per round-1 sample, the mean correctness of its k final-round responses (graded once, in one batch) over
     those whose grading finished; the count of grading outcomes by reason (and of samples with no graded final);
     and each final's correctness (None where its grading failed), which credit reads instead of grading again."""
     results = _grade_finals(finals, golds)
-    flat = iter(None if r.reason in UNGRADED else float(r.correct) for r in results)
+    flat = iter(None if c is None else float(c) for c in correctness(results))
     per_final = [[next(flat) for _ in texts] for texts in finals]
     counts = Counter(r.reason for r in results)
     means = []

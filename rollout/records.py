@@ -33,6 +33,9 @@ class Completion:
 
 
 MODEL, INJECTED = "model", "injected"  # a turn the model sampled (trainable), or text the protocol wrote
+# What a model turn is for: a round or attempt that works on the question, or a judgement of the answer before it
+# (self-correction's verdict).
+RESPONSE, VERDICT = "response", "verdict"
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,7 @@ class Turn:
     parent: int | None  # the turn it continues, by position in Episode.turns (None: the root)
     temperature: float  # what it was sampled at
     role: str = MODEL  # INJECTED turns are never trained
+    kind: str = RESPONSE  # RESPONSE or VERDICT
 
 
 @dataclass
@@ -80,11 +84,6 @@ class Episode:
                 paths.append([self.turns[i] for i in path])
         return paths
 
-    def final_texts(self) -> list[str]:
-        """The last turn's text of each chain (the root's own text when it has none)."""
-        chains = self.chains()
-        return [chain[-1].completion.text for chain in chains] if chains else [self.root.completion.text]
-
     def keeping_chains(self, keep: list[int]) -> Episode:
         """The root and only the chains numbered `keep` (of `chains()`); parents renumbered."""
         wanted = [self.children(0)[j] for j in keep]
@@ -102,7 +101,7 @@ class Episode:
 
     def to_json(self) -> list[dict]:
         """Each turn as samples.jsonl shows it: readable by hand."""
-        return [{"role": t.role, "index": t.index, "parent": t.parent, "message": t.message,
+        return [{"role": t.role, "kind": t.kind, "index": t.index, "parent": t.parent, "message": t.message,
                  "text": t.completion.text, "tokens": len(t.completion.completion_ids),
                  "finish_reason": t.completion.finish_reason, "temperature": t.temperature,
                  "worker": t.completion.worker, "adapter_version": t.completion.adapter_version,

@@ -21,7 +21,7 @@ def test_fan_out_through_the_pool(ray_session, rollout_worker, rollout_pool):
     assert len(trajectories) == B * m
     assert sorted(t.prompt_index for t in trajectories) == sorted(list(range(B)) * m)
     assert all(len(t.chains()) == k and all(len(chain) == R - 1 for chain in t.chains()) for t in trajectories)
-    assert sum(len(t.final_texts()) for t in trajectories) == B * m * k
+    assert sum(len(PROTOCOLS["motif"].finals(t)) for t in trajectories) == B * m * k
     for t in trajectories:
         assert t.root.completion.completion_ids and t.root.completion.adapter_version == version
         for chain in t.chains():
@@ -83,8 +83,9 @@ def test_round_prompts_carry_progress_not_reasoning_and_batch_each_round():
                 assert progress in prompt and "spans lines" in prompt
                 assert "SECRET-REASONING" not in prompt
                 assert ("Q-one" if t.prompt_index == 0 else "Q-two") in prompt
-        assert t.final_texts() == [chain[-1].completion.text for chain in t.chains()]
-        assert all("\\boxed{42}" in text for text in t.final_texts())
+        finals = [turn.completion.text for turn in PROTOCOLS["motif"].finals(t)]
+        assert finals == [chain[-1].completion.text for chain in t.chains()]
+        assert all("\\boxed{42}" in text for text in finals)
 
 
 def test_single_round_is_plain_grpo():
@@ -92,7 +93,7 @@ def test_single_round_is_plain_grpo():
     model = ScriptedModel()
     trajectories = PROTOCOLS["single"].rollout(model, ["Q"], MotifSpec(samples_per_prompt=5, rounds=3))
     assert model.calls == [(1, 5)] and len(trajectories) == 5
-    assert all(len(t.turns) == 1 and t.chains() == [] and t.final_texts() == [t.root.completion.text]
+    assert all(len(t.turns) == 1 and t.chains() == [] and PROTOCOLS["single"].finals(t) == [t.root]
                for t in trajectories)
     assert all("round 1 of 1" in t.root.message and "give the final answer" in t.root.message for t in trajectories)
 
@@ -104,7 +105,7 @@ def test_protocol_config_checks_name_the_keys():
         load_config("tests/configs/smoke.yaml", ["rollout.protocol=single"])
     with pytest.raises(ConfigError, match="rollout.protocol=motif needs rollout.rounds >= 2"):
         load_config("tests/configs/smoke.yaml", ["rollout.protocol=motif", "rollout.rounds=1"])
-    with pytest.raises(ConfigError, match="is not one of motif, single"):
+    with pytest.raises(ConfigError, match="is not one of motif, self_correct, single"):
         load_config("tests/configs/smoke.yaml", ["rollout.protocol=debate"])
     assert load_config("tests/configs/smoke.yaml", ["rollout.rounds=1"]).rollout.protocol is None  # single
 
@@ -173,11 +174,11 @@ def test_missing_progress_carries_nothing_and_is_counted():
 
 def test_each_round_is_told_what_it_is_rewarded_for():
     from cluster.config import load_config
-    from cluster.spec import motif_spec
+    from cluster.spec import rollout_spec
     from rewards import FORMATS, build_rewards
 
     config = load_config("cluster/configs/demo.yaml", ["reward.motivation=true", "rollout.rounds=3"])
-    spec = motif_spec(config, build_rewards(config.reward.components, "reasoning_progress"))
+    spec = rollout_spec(config, build_rewards(config.reward.components, "reasoning_progress"))
     model = ScriptedModel()
     model.systems = []
     original = model.__call__

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from cluster.config import ConfigError, load_config
-from cluster.spec import motif_spec
+from cluster.spec import rollout_spec
 from rewards import FORMATS, RewardSample, RewardTerm, build_rewards, motivation_text, score_samples, strip_thinking
 from rewards.registry import Reward, RewardScores
 from rollout.protocols import PROTOCOLS
@@ -195,7 +195,7 @@ def test_motivation_text_follows_the_configured_rewards(user_file):
 
     def prompt(config):
         rewards = build_rewards(config.reward.components, motif_response_format(config.rollout.rounds))
-        return motif_spec(config, rewards).system_prompt, rewards
+        return rollout_spec(config, rewards).system_prompt, rewards
 
     texts = {}
     for name, config in [("default", default), ("reweighted", reweighted), ("single_round", single_round)]:
@@ -209,7 +209,7 @@ def test_motivation_text_follows_the_configured_rewards(user_file):
     assert "<progress>" in texts["default"] and "<progress>" not in texts["single_round"]
     assert "format (weight 0.2)" in texts["reweighted"] and "0.01 per character" in texts["reweighted"]
     off = load_config("cluster/configs/demo.yaml", ["reward.motivation=false"])
-    assert motif_spec(off, build_rewards(off.reward.components, "reasoning_progress")).system_prompt == SYSTEM_PROMPT
+    assert rollout_spec(off, build_rewards(off.reward.components, "reasoning_progress")).system_prompt == SYSTEM_PROMPT
 
 
 def test_motivation_reaches_the_model_prompt(rollout_pool, tiny_model):
@@ -217,7 +217,7 @@ def test_motivation_reaches_the_model_prompt(rollout_pool, tiny_model):
 
     config = load_config("cluster/configs/demo.yaml", ["reward.motivation=true", "rollout.rounds=1"])
     rewards = build_rewards(config.reward.components, "reasoning_answer")
-    spec = motif_spec(config, rewards)
+    spec = rollout_spec(config, rewards)
     spec = dataclasses.replace(spec, first_round=SamplingSpec(max_tokens=2), samples_per_prompt=2)
     (episode, _) = PROTOCOLS["single"].rollout(rollout_pool.generate, ["What is 2+2?"], spec)
     prompt = AutoTokenizer.from_pretrained(tiny_model).decode(episode.root.completion.prompt_ids)

@@ -169,11 +169,11 @@ def test_training_accuracy_far_from_held_out_is_reported_during_training(tmp_pat
     logged; the first evaluation has nothing to compare."""
     from cluster.config import load_config
     from cluster.loop.held_out import HeldOutEval
-    from cluster.spec import motif_spec
+    from cluster.spec import rollout_spec
 
     config = load_config("tests/configs/smoke.yaml", ["data.path=toy", "eval.every=10", "eval.limit=8", "eval.n=4",
                                                       "rollout.rounds=1"])
-    held_out = HeldOutEval(config, FailingPool(0), motif_spec(config, []), tmp_path)
+    held_out = HeldOutEval(config, FailingPool(0), rollout_spec(config, []), tmp_path)
     held_out.problems = [Problem(p.question, "4", p.row) for p in held_out.problems]  # the pool always says 4
     assert "eval/generalization_gap" not in held_out.run(0)
     for accuracy in (0.20, 0.30, 0.25, 0.35):

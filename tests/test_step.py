@@ -46,7 +46,7 @@ def test_the_learner_releases_memory_before_the_engines_wake(colocated, tmp_path
 def test_score_and_credit_under_each_protocol_and_credit(tmp_path, rounds, credit):
     """The default credit on one-turn episodes (rollout.rounds=1): the roots, as first_round trains them."""
     from cluster.loop.step import score_and_credit
-    from cluster.spec import motif_spec
+    from cluster.spec import rollout_spec
     from cluster.tasks.data import Problem
     from learner.advantages import ADVANTAGE_ESTIMATORS
     from learner.credit import CREDIT, SCORES_ANSWERS
@@ -56,7 +56,7 @@ def test_score_and_credit_under_each_protocol_and_credit(tmp_path, rounds, credi
 
     config = load_config("tests/configs/smoke.yaml", [f"rollout.rounds={rounds}", f"learner.credit={credit}"])
     rewards = build_rewards([RewardTerm("format")], "reasoning_answer" if rounds == 1 else "reasoning_progress")
-    spec = motif_spec(config, rewards)
+    spec = rollout_spec(config, rewards)
     good, bad = "<reasoning>r</reasoning><answer>\\boxed{4}</answer>", "no tags"
 
     def generate(conversations, sampling, use_adapter):
@@ -64,7 +64,7 @@ def test_score_and_credit_under_each_protocol_and_credit(tmp_path, rounds, credi
                 for _ in conversations]
 
     episodes = PROTOCOLS[protocol_name(None, rounds)].rollout(generate, ["q0", "q1"], spec)
-    parts = StepParts(config, None, None, protocol=None, spec=spec, rewards=rewards,
+    parts = StepParts(config, None, None, protocol=PROTOCOLS[protocol_name(None, rounds)], spec=spec, rewards=rewards,
                       estimator=ADVANTAGE_ESTIMATORS["grpo"], credit=CREDIT[credit],
                       scores_answers=credit in SCORES_ANSWERS, samples_dir=tmp_path, colocated=False)
     samples, metrics = score_and_credit(parts, [Problem("q0", "4", 0), Problem("q1", "4", 1)], episodes, step=1)

@@ -42,6 +42,9 @@ class WarmStartConfig:
     operations: list[int] | None = None
     rounds: list[int] = field(default_factory=lambda: [1, 3])  # protocols to imitate: 1 = single round
     error_rate: float = 0.06  # chance that a written step is wrong: leaves room for RL
+    # Also imitate self-correction episodes (rollout.protocol=self_correct), whose verdicts are right with this
+    # probability; None: none
+    verdict_accuracy: float | None = None
     steps: int = 1200  # 800 left some warm starts under-trained (greedy 0.93), where RL then gained nothing
     batch_size: int = 32
     learning_rate: float = 3.0e-3
@@ -51,6 +54,8 @@ class WarmStartConfig:
         mixed = self.operations
         if mixed is not None and (not mixed or not all(1 <= d <= 26 for d in mixed)):
             raise ConfigError(f"model.warm_start.operations must list toy difficulties in 1..26, got {mixed}")
+        if self.verdict_accuracy is not None and not 0 <= self.verdict_accuracy <= 1:
+            raise ConfigError(f"model.warm_start.verdict_accuracy must be in [0, 1], got {self.verdict_accuracy}")
 
 
 @dataclass
@@ -88,8 +93,8 @@ class DataConfig:
 
 @dataclass
 class RolloutConfig:
-    # How an episode's turns are built (rollout.protocols.PROTOCOLS): "motif" or "single"; None: the one
-    # `rounds` implies (1: single, more: motif)
+    # How an episode's turns are built (rollout.protocols.PROTOCOLS): "motif", "single" or "self_correct";
+    # None: the one `rounds` implies (1: single, more: motif)
     protocol: str | None = field(default=None, metadata=RESUME)
     prompts_per_step: int = field(default=2, metadata=RESUME)  # B
     samples_per_prompt: int = field(default=4, metadata=RESUME)  # m
@@ -102,6 +107,7 @@ class RolloutConfig:
     continuation_top_p: float = field(default=1.0, metadata=RESUME)
     max_tokens: int = field(default=64, metadata=RESUME)  # per round
     continuation_policy: str = field(default="current", metadata=RESUME)
+    max_attempts: int = field(default=2, metadata=RESUME)  # self_correct: attempts per episode, each judged
     max_model_len: int = 1024
     # GPU: the share of the GPU's memory the engine may use (weights + KV cache); None: 0.9, or 0.5 when
     # colocated with a learner rank. CPU: kv_cache_mb is the KV cache (None: 64); on GPU it overrides the share.
@@ -143,7 +149,7 @@ class RolloutConfig:
         if protocol not in PROTOCOLS:
             raise ConfigError(f"rollout.protocol {r.protocol!r} is not one of {', '.join(sorted(PROTOCOLS))}")
         try:
-            PROTOCOLS[protocol].check(r.rounds, r.continuations)
+            PROTOCOLS[protocol].check(r)
         except ValueError as e:
             raise ConfigError(str(e)) from None
         if training and r.samples_per_prompt < 2:
@@ -270,6 +276,18 @@ class EvalConfig:
 
 
 @dataclass
+class TracesConfig:
+    """`motif build-traces`: stage 1 of self-correction (cluster/traces.py), on rollout.protocol=self_correct."""
+
+    path: str | None = None  # the SFT JSONL it writes (None: <output_dir>/traces.jsonl); a summary beside it
+    max_tries: int = 4  # samples per search: a verdict that agrees with the grader, a right correction, a "correct"
+
+    def validate(self) -> None:
+        if self.max_tries < 1:
+            raise ConfigError(f"traces.max_tries must be >= 1, got {self.max_tries}")
+
+
+@dataclass
 class RunConfig:
     steps: int = 4
     output_dir: str = "runs/demo"
@@ -282,6 +300,7 @@ class RunConfig:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    traces: TracesConfig = field(default_factory=TracesConfig)
 
     def validate(self, training: bool = True) -> None:
         """Each section's own rules, then the rules across sections (cluster.config.rules). training=False
@@ -293,6 +312,7 @@ class RunConfig:
         self.eval.validate()
         self.cluster.validate()
         self.checkpoint.validate()
+        self.traces.validate()
         self.data.validate()
         self.reward.validate()
         validate_learner(self.learner)

@@ -39,6 +39,7 @@ class HeldOutEval:
     def __init__(self, config: RunConfig, pool, spec: MotifSpec, run_dir: Path):
         self.every, self.pool, self.folder = config.eval.every, pool, run_dir / "eval"
         self.max_failed_fraction = config.eval.max_failed_fraction
+        self.protocol = config.rollout.protocol
         self.spec = eval_spec(config, spec)
         self.problems = eval_problems(config) if self.every else []
         self.history: list[tuple[int, float]] = []
@@ -64,7 +65,7 @@ class HeldOutEval:
         t0 = time.perf_counter()
         try:
             summary, samples = evaluate(self.pool, self.problems, self.spec, desc=f"eval step {step}", key=("eval",),
-                                        max_failed_fraction=self.max_failed_fraction)
+                                        max_failed_fraction=self.max_failed_fraction, protocol=self.protocol)
         except EvalFailed as e:
             tqdm.write(f"motif: {e}")
             return {"eval/failed": 1.0, "time_eval": time.perf_counter() - t0}

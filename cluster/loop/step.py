@@ -13,11 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cluster.config import RunConfig
+from cluster.evaluation import mean_outcomes, protocol_outcomes
 from cluster.tasks.data import Problem
 from learner.records import TrainSample
 from rewards import Reward, RewardSample, score_samples
 from rollout.engine import ABORTED, PROMPT_TOO_LONG
-from rollout.protocols import Protocol
+from rollout.protocols import Protocol, protocol_name
 from rollout.protocols.motif import MotifSpec, motif_response_format
 from rollout.records import Episode
 
@@ -34,14 +35,16 @@ def prompt_batch(problems: list[Problem], size: int, seed: int, index: int) -> l
     return order[position * size : (position + 1) * size]
 
 
-def reward_samples(episodes: list[Episode], batch: list[Problem], spec: MotifSpec) -> list[RewardSample]:
+def reward_samples(episodes: list[Episode], batch: list[Problem], protocol: Protocol,
+                   spec: MotifSpec) -> list[RewardSample]:
+    """What the rewards see of each episode: the protocol says which turn is the response, which the finals."""
     return [
         RewardSample(
             question=batch[e.prompt_index].question,
             gold=batch[e.prompt_index].gold,
-            response=e.root.completion.text,
-            finals=tuple(e.final_texts()),
-            response_format=spec.response_format,
+            response=protocol.response(e).completion.text,
+            finals=tuple(t.completion.text for t in protocol.finals(e)),
+            response_format=protocol.response_format(spec),
         )
         for e in episodes
     ]
@@ -89,7 +92,7 @@ def rollout_stats(episodes: list[Episode]) -> dict:
     }
 
 
-def write_samples(path: Path, step: int, batch: list[Problem], episodes: list[Episode],
+def write_samples(path: Path, step: int, batch: list[Problem], episodes: list[Episode], protocol: Protocol,
                   totals: list[float], advantages: list[float]) -> None:
     """Every episode of a step, turn by turn (role, parent, text, sampler): what was sampled, by which worker
     under which adapter, and what it earned."""
@@ -99,7 +102,8 @@ def write_samples(path: Path, step: int, batch: list[Problem], episodes: list[Ep
             root = e.root.completion
             f.write(json.dumps({
                 "step": step, "prompt": e.prompt_index, "question_id": batch[e.prompt_index].row,
-                "response": root.text, "finals": e.final_texts(), "reward": total, "advantage": advantage,
+                "response": protocol.response(e).completion.text,
+                "finals": [t.completion.text for t in protocol.finals(e)], "reward": total, "advantage": advantage,
                 "worker": root.worker, "adapter_version": root.adapter_version, "adapter_digest": root.adapter_digest,
                 "turns": e.to_json(),
             }) + "\n")
@@ -149,16 +153,19 @@ def score_and_credit(parts: StepParts, batch: list[Problem], episodes: list[Epis
     the samples to train."""
     cfg = parts.config
     answers_scored = parts.scores_answers and any(e.chains() for e in episodes)
-    scored = score_samples(parts.rewards, reward_samples(episodes, batch, parts.spec),
+    scored = score_samples(parts.rewards, reward_samples(episodes, batch, parts.protocol, parts.spec),
                            final_format=FINAL_FORMAT if answers_scored else None)
     advantages = parts.estimator(
         scored.totals, [e.prompt_index for e in episodes], norm_by_std=cfg.learner.norm_adv_by_std).tolist()
-    write_samples(parts.samples_dir / f"step-{step}.jsonl", step, batch, episodes, scored.totals, advantages)
+    write_samples(parts.samples_dir / f"step-{step}.jsonl", step, batch, episodes, parts.protocol, scored.totals,
+                  advantages)
     # One-turn episodes (a single round) have no answer turns below the root to score.
     finals = scored.finals if answers_scored else [[] for _ in episodes]
     samples = parts.credit(episodes, advantages, estimator=parts.estimator, norm_by_std=cfg.learner.norm_adv_by_std,
                            **({"final_scores": finals} if parts.scores_answers else {}))
-    return samples, {**scored.metrics, **rollout_stats(episodes)}
+    r = cfg.rollout
+    outcomes = protocol_outcomes(parts.protocol, episodes, [batch[e.prompt_index].gold for e in episodes])
+    return samples, {**scored.metrics, **rollout_stats(episodes), **mean_outcomes(protocol_name(r.protocol, r.rounds), outcomes)}
 
 
 def train_and_push(parts: StepParts, samples: list[TrainSample], version: int) -> dict:

@@ -18,14 +18,12 @@ from cluster.loop.step import StepParts, prompt_batch, run_step
 from cluster.metrics import MetricsLog
 from cluster.models import resolve_model
 from cluster.report import plot_run
-from cluster.spec import motif_spec
+from cluster.spec import response_format, rollout_spec, run_protocol
 from cluster.tasks.data import load_problems
 from cluster.workers import colocated_on_gpu, start_ray
 from learner.advantages import ADVANTAGE_ESTIMATORS
 from learner.credit import CREDIT, SCORES_ANSWERS
 from rewards import build_rewards
-from rollout.protocols import PROTOCOLS, protocol_name
-from rollout.protocols.motif import motif_response_format
 
 
 class RunStalled(RuntimeError):
@@ -52,15 +50,14 @@ def train(config: RunConfig, resume: str | None = None) -> Path:
     tqdm.write(f"run folder: {run_dir}" + (f" (library logs in {log_dir})" if log_dir else ""))
 
     r = config.rollout
-    rewards = build_rewards(config.reward.components, motif_response_format(r.rounds))
-    spec = motif_spec(config, rewards)
+    rewards = build_rewards(config.reward.components, response_format(config))
+    spec = rollout_spec(config, rewards)
     if config.reward.motivation:
         tqdm.write(f"system prompt with motivation:\n{spec.system_prompt}")
     log = None
     try:
         run.start(model_path)
-        protocol = PROTOCOLS[protocol_name(r.protocol, r.rounds)]
-        parts = StepParts(config, run.pool, run.learner, protocol, spec, rewards,
+        parts = StepParts(config, run.pool, run.learner, run_protocol(config), spec, rewards,
                           ADVANTAGE_ESTIMATORS[config.learner.advantage_estimator], CREDIT[config.learner.credit],
                           config.learner.credit in SCORES_ANSWERS, run_dir / "samples", colocated_on_gpu(config))
         held_out = HeldOutEval(config, run.pool, spec, run_dir)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from cluster.config import ToyConfig
 from rollout.protocols import conversation
+from rollout.protocols import self_correct
 from rollout.protocols.motif import SYSTEM_PROMPT, continuation_message, first_round_message
 
 LETTERS = string.ascii_lowercase
@@ -159,14 +160,50 @@ def solution_turns(
     return turns
 
 
-def sft_rows(config: ToyConfig, count: int, rounds: tuple[int, ...], error_rate: float, seed: int = 0) -> list[dict]:
+def self_correct_turns(problem: ToyProblem, steps_per_round: int, rng: random.Random, error_rate: float,
+                       verdict_accuracy: float, max_attempts: int = 2) -> list[tuple[list[dict[str, str]], str]]:
+    """A self-correction episode (rollout.protocols.self_correct) as (conversation, response) per model turn:
+    attempts as imperfect as `solution_turns`' single round, each judged by a verdict that is right with
+    probability `verdict_accuracy`; a "wrong" verdict is followed by a fresh attempt. Verdicts that are only
+    sometimes right leave stage 1 (`motif build-traces`) something to select."""
+    turns, message = [], self_correct.attempt_message(problem.question)
+    for _ in range(max_attempts):
+        (_, text), = solution_turns(problem, 1, steps_per_round, rng, error_rate)
+        right = text.endswith(f"\\boxed{{{problem.answer}}}</answer>")
+        judged_right = right if rng.random() < verdict_accuracy else not right
+        turns += [(message, text), (self_correct.VERIFY_INSTRUCTION,
+                                    self_correct.verdict_text(self_correct.CORRECT if judged_right else self_correct.WRONG))]
+        if judged_right:
+            break
+        message = self_correct.CORRECT_INSTRUCTION
+    out, history = [], [{"role": "system", "content": self_correct.SYSTEM_PROMPT}]
+    for message, text in turns:
+        history.append({"role": "user", "content": message})
+        out.append((list(history), text))
+        history.append({"role": "assistant", "content": text})
+    return out
+
+
+def self_correct_corpus() -> list[str]:
+    """The self-correction texts the tiny tokenizer learns merges from, when a warm start imitates them."""
+    return [self_correct.SYSTEM_PROMPT, self_correct.VERIFY_INSTRUCTION, self_correct.CORRECT_INSTRUCTION,
+            *(self_correct.verdict_text(v) for v in (self_correct.CORRECT, self_correct.WRONG))]
+
+
+def sft_rows(config: ToyConfig, count: int, rounds: tuple[int, ...], error_rate: float, seed: int = 0,
+             verdict_accuracy: float | None = None) -> list[dict]:
     """Chat-formatted SFT rows ({"prompt": messages, "response": text}) from `count` train problems, each
-    solved once for every number of rounds in `rounds` (1 = single round, R > 1 = MOTIF's R rounds)."""
+    solved once for every number of rounds in `rounds` (1 = single round, R > 1 = MOTIF's R rounds), and once
+    as a self-correction episode when `verdict_accuracy` is set."""
     rng = random.Random(seed)
     rows = []
     for problem in toy_problems(config, "train", count):
         for r in rounds:
             for prompt, response in solution_turns(problem, r, config.steps_per_round, rng, error_rate):
+                rows.append({"prompt": prompt, "response": response})
+        if verdict_accuracy is not None:
+            for prompt, response in self_correct_turns(problem, config.steps_per_round, rng, error_rate,
+                                                       verdict_accuracy):
                 rows.append({"prompt": prompt, "response": response})
     rng.shuffle(rows)
     return rows

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from cluster.cache import build_lock, cache_dir, tiny_model_digest
 from cluster.config import ModelConfig, SFTDataConfig, SFTRunConfig, WarmStartConfig, to_dict
-from cluster.tasks.toy_task import ToyConfig, sft_rows, tokenizer_corpus
+from cluster.tasks.toy_task import ToyConfig, self_correct_corpus, sft_rows, tokenizer_corpus
 from learner.config import LearnerConfig
 from rollout.common import replace_directory
 
@@ -28,9 +28,13 @@ def warm_start_plan(settings: WarmStartConfig, toy: ToyConfig) -> tuple[list[Toy
     the tiny model's code): runs of different difficulties share a warm start built for all of them."""
     tasks = [dataclasses.replace(toy, operations=d) for d in settings.operations or [toy.operations]]
     corpus = [text for task in tasks for text in tokenizer_corpus(task)]
+    if settings.verdict_accuracy is not None:
+        corpus += self_correct_corpus()
     shaping = dataclasses.asdict(settings) | {"dir": None}
-    if settings.operations is None:
-        del shaping["operations"]  # the key of a single-difficulty warm start is what it was before the field
+    # Fields at their "not used" value leave the key of the warm starts built before they existed unchanged.
+    for name in ("operations", "verdict_accuracy"):
+        if shaping[name] is None:
+            del shaping[name]
     key_material = json.dumps([shaping, *map(dataclasses.asdict, tasks), corpus, tiny_model_digest()])
     return tasks, corpus, hashlib.sha256(key_material.encode()).hexdigest()[:12]
 
@@ -63,7 +67,7 @@ def _build_into(work: Path, settings: WarmStartConfig, tasks: list[ToyConfig], c
     base = build_tiny_model(work / "base", seed=settings.seed, extra_corpus=corpus)
     rows = [row for i, task in enumerate(tasks)
             for row in sft_rows(task, settings.problems // len(tasks), tuple(settings.rounds), settings.error_rate,
-                                seed=settings.seed + i)]
+                                seed=settings.seed + i, verdict_accuracy=settings.verdict_accuracy)]
     if len(tasks) > 1:
         random.Random(settings.seed).shuffle(rows)  # sft_rows shuffles each difficulty's rows, not the mix
     (work / "sft.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))

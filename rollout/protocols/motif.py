@@ -116,10 +116,11 @@ def motif_rollout(generate: Generate, questions: Sequence[str], spec: MotifSpec)
     return episodes
 
 
-def _check(rounds: int, continuations: int) -> None:
-    if rounds < 2:
-        raise ValueError(f"rollout.protocol=motif needs rollout.rounds >= 2, got {rounds} (one round is "
+def _check(settings) -> None:
+    if settings.rounds < 2:
+        raise ValueError(f"rollout.protocol=motif needs rollout.rounds >= 2, got {settings.rounds} (one round is "
                          "rollout.protocol=single)")
 
 
-register_protocol("motif", Protocol(rollout=motif_rollout, check=_check, credits=("first_round", "every_round")))
+register_protocol("motif", Protocol(rollout=motif_rollout, check=_check, credits=("first_round", "every_round"),
+                                    response_format=lambda settings: motif_response_format(settings.rounds)))

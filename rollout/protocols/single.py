@@ -8,7 +8,7 @@ import dataclasses
 from collections.abc import Sequence
 
 from rollout.protocols import Generate, Protocol, register_protocol
-from rollout.protocols.motif import MotifSpec, motif_rollout
+from rollout.protocols.motif import MotifSpec, motif_response_format, motif_rollout
 from rollout.records import Episode
 
 
@@ -17,10 +17,11 @@ def single_rollout(generate: Generate, questions: Sequence[str], spec: MotifSpec
     return motif_rollout(generate, questions, dataclasses.replace(spec, rounds=1))
 
 
-def _check(rounds: int, continuations: int) -> None:
-    if rounds != 1:
-        raise ValueError(f"rollout.protocol=single has one round: rollout.rounds must be 1, got {rounds}")
+def _check(settings) -> None:
+    if settings.rounds != 1:
+        raise ValueError(f"rollout.protocol=single has one round: rollout.rounds must be 1, got {settings.rounds}")
 
 
 # every_round on one-turn episodes trains the root alone, as first_round does: the default credit serves both.
-register_protocol("single", Protocol(rollout=single_rollout, check=_check, credits=("first_round", "every_round")))
+register_protocol("single", Protocol(rollout=single_rollout, check=_check, credits=("first_round", "every_round"),
+                                     response_format=lambda settings: motif_response_format(1)))
