@@ -16,6 +16,7 @@ from cluster.tasks.data import LoadReport, Problem, load_problems
 from cluster.spec import motif_spec
 from rewards import FORMATS, build_rewards, grade_batch
 from rewards.math_answers import answer_key
+from rewards.motivation import MOTIVATIONS
 from rollout.engine import ABORTED, PROMPT_TOO_LONG
 from rollout.protocols import PROTOCOLS, protocol_name
 from rollout.protocols.motif import MotifSpec, motif_response_format
@@ -228,8 +229,9 @@ def run_eval(config: RunConfig) -> dict:
 
     problems = eval_problems(config)
     model_path = resolve_model(config.model, config.data.toy)
-    rewards = build_rewards(config.reward.components, motif_response_format(config.rollout.rounds)) \
-        if config.reward.motivation else []
+    # Only the system prompt needs them, when its motivation text is made of them.
+    rewards = build_rewards(config.reward.components, motif_response_format(config.rollout.rounds),
+                            config.rollout.max_tokens) if config.reward.motivation in MOTIVATIONS else []
     spec = eval_spec(config, motif_spec(config, rewards))
     start_ray(config, log_dir)
     pool = start_rollout_pool(config, model_path)

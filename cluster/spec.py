@@ -13,9 +13,7 @@ def motif_spec(config: RunConfig, rewards: list[Reward]) -> MotifSpec:
     r = config.rollout
 
     def system_prompt(response_format: str) -> str:
-        if not config.reward.motivation:
-            return SYSTEM_PROMPT
-        return motivated_system_prompt(SYSTEM_PROMPT, rewards, response_format)
+        return motivated_system_prompt(SYSTEM_PROMPT, rewards, response_format, config.reward.motivation)
 
     return MotifSpec(
         samples_per_prompt=r.samples_per_prompt,

@@ -80,10 +80,13 @@ class Episode:
                 paths.append([self.turns[i] for i in path])
         return paths
 
-    def final_texts(self) -> list[str]:
-        """The last turn's text of each chain (the root's own text when it has none)."""
+    def final_completions(self) -> list[Completion]:
+        """The last turn's completion of each chain (the root's own when it has none)."""
         chains = self.chains()
-        return [chain[-1].completion.text for chain in chains] if chains else [self.root.completion.text]
+        return [chain[-1].completion for chain in chains] if chains else [self.root.completion]
+
+    def final_texts(self) -> list[str]:
+        return [c.text for c in self.final_completions()]
 
     def keeping_chains(self, keep: list[int]) -> Episode:
         """The root and only the chains numbered `keep` (of `chains()`); parents renumbered."""

@@ -42,6 +42,8 @@ def reward_samples(episodes: list[Episode], batch: list[Problem], spec: MotifSpe
             response=e.root.completion.text,
             finals=tuple(e.final_texts()),
             response_format=spec.response_format,
+            response_tokens=len(e.root.completion.completion_ids),
+            final_tokens=tuple(len(c.completion_ids) for c in e.final_completions()),
         )
         for e in episodes
     ]
