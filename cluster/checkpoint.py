@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cluster.config import BadInput, RunConfig, resume_field_names, without_new_unset
+from cluster.config import BadInput, RunConfig, read_as_now, resume_field_names, without_new_unset
 from learner.config import LAYOUT, RESUME
 from rollout.common import replace_directory
 
@@ -93,7 +93,8 @@ def _comparable(name: str, saved, current):
 
 def resume_mismatches(saved: dict, current: dict) -> list[str]:
     """'field: checkpoint X, now Y' for each resume field that differs; one the checkpoint did not record is
-    compared as BEFORE_RECORDED, and refused when it is not there."""
+    compared as BEFORE_RECORDED, and refused when it is not there. The checkpoint's values are read as now."""
+    saved = read_as_now(saved)
     mismatches = []
     for name in RESUME_FIELDS:
         if name not in saved and name not in BEFORE_RECORDED:

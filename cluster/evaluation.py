@@ -18,6 +18,7 @@ from cluster.spec import response_format, rollout_spec
 from rewards import FORMATS, build_rewards, grade_batch
 from rewards.grading import correctness
 from rewards.math_answers import answer_key
+from rewards.motivation import MOTIVATIONS
 from rollout.engine import ABORTED, PROMPT_TOO_LONG
 from rollout.protocols import PROTOCOLS, Protocol, protocol_name
 from rollout.protocols.motif import MotifSpec
@@ -279,7 +280,9 @@ def run_eval(config: RunConfig) -> dict:
 
     problems = eval_problems(config)
     model_path = resolve_model(config.model, config.data.toy)
-    rewards = build_rewards(config.reward.components, response_format(config)) if config.reward.motivation else []
+    # Only the system prompt needs them, when its motivation text is made of them.
+    rewards = build_rewards(config.reward.components, response_format(config),
+                            config.rollout.max_tokens) if config.reward.motivation in MOTIVATIONS else []
     spec = eval_spec(config, rollout_spec(config, rewards))
     start_ray(config, log_dir)
     pool = start_rollout_pool(config, model_path)

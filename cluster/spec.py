@@ -26,9 +26,7 @@ def rollout_spec(config: RunConfig, rewards: list[Reward]) -> MotifSpec:
     base = protocol.system_prompt or SYSTEM_PROMPT
 
     def system_prompt(response_format: str) -> str:
-        if not config.reward.motivation:
-            return base
-        return motivated_system_prompt(base, rewards, response_format)
+        return motivated_system_prompt(base, rewards, response_format, config.reward.motivation)
 
     common = MotifSpec(
         samples_per_prompt=r.samples_per_prompt,

@@ -1,17 +1,20 @@
 """Rewards by name: the config lists components with weights; each scores a batch, one float per sample.
 
 Built in: `format` (the tag structure the protocol asks for), `accuracy` (bounded math grading of the final
-answers), `reward_model` (a sequence-classification reward model in a Ray actor, RLMT). A user's own reward is
+answers), `reward_model` (a sequence-classification reward model in a Ray actor, RLMT), `overlong` (DAPO's soft
+overlong punishment of the response's length in tokens). A user's own reward is
 named `path/to/file.py:function`: `function(sample: RewardSample) -> float`, run in a bounded worker process,
 so one that raises, hangs or returns junk costs that sample's component (scored 0, counted), not the run.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib.util
 import logging
 import math
+import re
 import sys
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -39,6 +42,8 @@ class RewardSample:
     response: str  # the response being trained (MOTIF: the round-1 text)
     finals: tuple[str, ...]  # the texts that end in a final answer (MOTIF: the k last rounds; else (response,))
     response_format: str  # the FORMATS entry the response should follow
+    response_tokens: int | None = None  # the response's length in tokens, as trained (None: not known)
+    final_tokens: tuple[int, ...] | None = None  # each of `finals`' length in tokens (None: not known)
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,10 @@ class RewardTerm:
     max_length: int = 1024  # reward_model: tokens of (prompt, answer) kept, from the end
     num_cpus: float = 1  # reward_model actor
     num_gpus: float = 0  # reward_model actor; on a GPU it runs in bfloat16
+    # overlong: the length in tokens where the penalty reaches -1 (None: rollout.max_tokens), and the tokens
+    # before it over which it falls from 0 (None: a fifth of the limit, DAPO's 4096 of 20480)
+    overlong_limit: int | None = None
+    overlong_buffer: int | None = None
 
 
 @dataclass
@@ -76,11 +85,24 @@ class Reward:
     # What earns the reward in a round whose response follows another format (MOTIF's last round answers
     # instead of writing progress); None: `description` holds for every round.
     describe_for: Callable[[str], str] | None = None
+    # What would earn the opposite reward, for the misleading motivation (MeRF's ablation); None: derived from
+    # the description by `opposite_of`.
+    opposite: str | None = None
 
     def description_for(self, response_format: str | None) -> str:
         if response_format is None or self.describe_for is None:
             return self.description
         return self.describe_for(response_format)
+
+    def opposite_for(self, response_format: str | None) -> str:
+        return self.opposite or opposite_of(self.description_for(response_format))
+
+
+def opposite_of(description: str) -> str:
+    """A description turned into its opposite: a 1-or-0 rule ("1 if ..., else 0.") swaps its values; any other
+    (a user's function, a configured description) is told as the negative of its score."""
+    rule = re.fullmatch(r"1 if (.*), else 0\.", description, re.DOTALL)
+    return f"0 if {rule[1]}, else 1." if rule else f"the negative of this score: {description}"
 
 
 RewardFactory = Callable[[RewardTerm, str], Reward]
@@ -114,6 +136,8 @@ def _accuracy(term: RewardTerm, response_format: str) -> Reward:
         term.description or "the share of the final answers reached from the response whose last \\boxed{} "
         "value equals the reference answer mathematically, from 0 to 1.",
         score,
+        opposite=None if term.description else "the share of the final answers reached from the response whose "
+        "last \\boxed{} value does not equal the reference answer mathematically, from 0 to 1.",
     )
 
 
@@ -168,6 +192,48 @@ def _reward_model(term: RewardTerm, response_format: str) -> Reward:
         term.description or "a learned reward model's score of the final answer for the question, judged "
         "without the reasoning; higher is better.",
         score, close=lambda: ray.kill(actor[0]),
+        opposite=None if term.description else "a learned reward model's score of the final answer for the "
+        "question, judged without the reasoning; lower is better.",
+    )
+
+
+def overlong_window(term: RewardTerm, max_tokens: int | None) -> tuple[int, int]:
+    """overlong's (limit, buffer) in tokens: the term's, else the limit is `max_tokens` (the rollout's) and the
+    buffer a fifth of the limit (DAPO's 4096 of 20480)."""
+    limit = max_tokens if term.overlong_limit is None else term.overlong_limit
+    if limit is None:
+        raise ValueError("reward 'overlong': set overlong_limit, the length in tokens where the penalty reaches -1")
+    buffer = max(1, round(limit / 5)) if term.overlong_buffer is None else term.overlong_buffer
+    if limit < 1 or not 0 <= buffer <= limit:
+        raise ValueError(f"reward 'overlong': overlong_limit must be >= 1 and overlong_buffer in 0..overlong_limit, "
+                         f"got {limit} and {buffer}")
+    return limit, buffer
+
+
+def overlong_penalty(tokens: int, limit: int, buffer: int) -> float:
+    """DAPO's soft overlong punishment (arXiv 2503.14476, eq. 13): 0 up to limit - buffer tokens, then falling
+    linearly to -1 at `limit`, and -1 beyond it."""
+    if tokens > limit:
+        return -1.0
+    return min(0.0, (limit - buffer - tokens) / buffer) if buffer else 0.0
+
+
+@register_reward("overlong")
+def _overlong(term: RewardTerm, response_format: str) -> Reward:
+    limit, buffer = overlong_window(term, None)  # build_rewards fills an unset limit with the rollout's
+
+    def score(samples: Sequence[RewardSample]) -> RewardScores:
+        if any(s.response_tokens is None for s in samples):
+            raise ValueError("overlong needs each response's length in tokens (RewardSample.response_tokens)")
+        return RewardScores([overlong_penalty(s.response_tokens, limit, buffer) for s in samples])
+
+    return Reward(
+        "overlong", term.weight,
+        term.description or f"0 for a response of at most {limit - buffer} tokens, falling linearly to -1 at "
+        f"{limit} tokens and beyond.",
+        score,
+        opposite=None if term.description else f"0 for a response of at most {limit - buffer} tokens, rising "
+        f"linearly to 1 at {limit} tokens and beyond.",
     )
 
 
@@ -256,6 +322,8 @@ def check_terms(terms: Sequence[RewardTerm]) -> None:
         seen.add(key)
         if (term.name == "reward_model") != (term.model is not None):
             raise ValueError(f"reward {term.name!r}: `model` is required for reward_model and only for it")
+        if term.name != "overlong" and (term.overlong_limit, term.overlong_buffer) != (None, None):
+            raise ValueError(f"reward {term.name!r}: overlong_limit and overlong_buffer are settings of overlong")
         if term.timeout_s is not None and term.timeout_s <= 0:
             raise ValueError(f"reward {term.name!r}: timeout_s must be > 0")
         if min(term.batch_size, term.max_length) < 1:
@@ -264,11 +332,14 @@ def check_terms(terms: Sequence[RewardTerm]) -> None:
             raise ValueError(f"reward {term.name!r}: weight must be a finite number")
 
 
-def build_rewards(terms: Sequence[RewardTerm], response_format: str) -> list[Reward]:
-    """The configured components, ready to score; reward models start their Ray actors here."""
+def build_rewards(terms: Sequence[RewardTerm], response_format: str, max_tokens: int | None = None) -> list[Reward]:
+    """The configured components, ready to score; reward models start their Ray actors here. `max_tokens` (the
+    rollout's, per round) is the length limit of an `overlong` that sets none."""
     if response_format not in FORMATS:
         raise ValueError(f"unknown response format {response_format!r} (known: {', '.join(FORMATS)})")
     check_terms(terms)
+    terms = [dataclasses.replace(t, overlong_limit=max_tokens) if t.name == "overlong" and t.overlong_limit is None
+             else t for t in terms]
     return [
         REWARDS[t.name](t, response_format) if t.name in REWARDS else _user_reward(t)
         for t in terms
@@ -304,7 +375,8 @@ def _final_scores(reward: Reward, scores: RewardScores, samples: Sequence[Reward
     of a whole response (format, a user's function), that reward of each answer turn as a response of its own."""
     if scores.per_final is not None:
         return scores.per_final
-    turns = [RewardSample(s.question, s.gold, f, (f,), final_format) for s in samples for f in s.finals]
+    turns = [RewardSample(s.question, s.gold, f, (f,), final_format, n, None if n is None else (n,))
+             for s in samples for f, n in zip(s.finals, s.final_tokens or [None] * len(s.finals))]
     turn_scores = _score(reward, turns)
     failed = turn_scores.counts.get("batch_failed", 0) > 0
     flat = iter(None if failed else v for v in turn_scores.values)

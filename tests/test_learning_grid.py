@@ -89,3 +89,32 @@ def test_a_run_is_reused_by_the_config_it_ran_with(tmp_path):
 def test_every_round_trains_all_rounds_in_one_optimizer_step():
     arguments = run_arguments("demo", 6, 0, "motif, every round", 0, STEPS, STEPS, ["rollout.prompts_per_step=2"])
     assert arguments[-2:] == ["learner.mini_batch_size=80", "learner.micro_batch_size=16"]  # 2*8*(1 + 2*2)
+
+
+def test_the_motivation_arms_are_motif_in_each_mode(tmp_path):
+    from cluster.bench.learning import MOTIVATION_ARMS
+    from cluster.config import load_config
+
+    assert list(MOTIVATION_ARMS) == ["motif, motivation none", "motif, motivation consistent",
+                                     "motif, motivation mismatched", "motif, motivation misleading"]
+    for method in MOTIVATION_ARMS:
+        arguments = run_arguments("demo", 8, 0, method, 0, STEPS, STEPS, [], [4, 8])
+        config = load_config(arguments[1], arguments[2:])
+        assert (config.reward.motivation, config.rollout.rounds, config.learner.credit) == (
+            method.rpartition(" ")[2], 3, "first_round")
+    results = main(["--report", "--arms", "protocols", "motivation", "--operations", "8", "--warm-starts", "0",
+                    "--seeds", "0", "--steps", str(STEPS), "--out", str(tmp_path)])
+    assert list(results["cells"]) == [*METHODS, *MOTIVATION_ARMS] and results["arms"] == ["protocols", "motivation"]
+    assert all(cell == {"8": {"runs": 0, "failed": 0}} for cell in results["cells"].values())
+
+
+def test_a_run_recorded_with_motivation_false_is_reused_as_none(tmp_path):
+    from cluster.config import load_config, to_dict
+
+    run_dir, arguments = script_run(tmp_path, 8, 0, "motif, 3 rounds", 0, 0.5, 0.6)
+    saved = to_dict(load_config(arguments[1], arguments[2:]))
+    saved["reward"]["motivation"] = False  # as the grid's runs wrote it before the modes
+    for term in saved["reward"]["components"]:
+        del term["overlong_limit"], term["overlong_buffer"]  # nor had the terms these keys
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+    assert finished(run_dir, arguments, STEPS) is not None

@@ -116,3 +116,23 @@ def test_resume_compares_the_warm_start_but_not_where_it_is_cached():
     old["model.warm_start"] = {k: v for k, v in old["model.warm_start"].items() if k != "operations"}
     assert resume_mismatches(old, fields()) == []
     assert resume_mismatches(old, fields("model.warm_start.operations=[4, 8]")) != []
+
+
+def test_motivation_written_as_a_bool_resumes_as_its_mode():
+    """reward.motivation was true/false before its modes: a checkpoint that recorded true resumes as consistent
+    (and false as none), and one that recorded consistent resumes from a config that still says true."""
+    from cluster.checkpoint import resume_fields, resume_mismatches
+    from cluster.config import load_config, to_dict
+
+    def fields(motivation) -> dict:
+        return resume_fields(to_dict(load_config("demo", [f"reward.motivation={motivation}"])))
+
+    def recorded_as(written: bool) -> dict:
+        old = fields("none")
+        old["reward"] = {**old["reward"], "motivation": written}
+        return old
+
+    assert resume_mismatches(recorded_as(True), fields("consistent")) == []
+    assert resume_mismatches(recorded_as(False), fields("none")) == []
+    assert resume_mismatches(fields("consistent"), fields("true")) == []
+    assert [m.split(":")[0] for m in resume_mismatches(recorded_as(True), fields("misleading"))] == ["reward"]

@@ -171,6 +171,9 @@ def test_a_component_failing_on_the_whole_batch_is_counted_and_scored_zero(caplo
     ("{name: 'USER:length_bonus', weight: .nan}", "weight must be a finite number"),
     ("{name: 'USER:length_bonus', timeout_s: 0}", "timeout_s must be > 0"),
     ("{name: accuracy, model: some/model}", "only for it"),
+    ("{name: format, overlong_limit: 10}", "overlong_limit and overlong_buffer are settings of overlong"),
+    ("{name: overlong, overlong_buffer: 41}", "overlong_buffer in 0..overlong_limit, got 40 and 41"),
+    ("{name: overlong, overlong_limit: 0}", "overlong_limit must be >= 1"),
 ])
 def test_reward_config_errors_are_named(user_file, component, message):
     with pytest.raises(ConfigError, match=message):
@@ -210,6 +213,75 @@ def test_motivation_text_follows_the_configured_rewards(user_file):
     assert "format (weight 0.2)" in texts["reweighted"] and "0.01 per character" in texts["reweighted"]
     off = load_config("cluster/configs/demo.yaml", ["reward.motivation=false"])
     assert rollout_spec(off, build_rewards(off.reward.components, "reasoning_progress")).system_prompt == SYSTEM_PROMPT
+
+
+MOTIVATED = SYSTEM_PROMPT + "\n\nYour response will be scored by the weighted sum of these rewards:\n"
+# The demo's rewards (format 0.2, accuracy 1.0) told in each mode, round 1 (progress) and MOTIF's last round.
+MOTIVATION_PROMPTS = {
+    "none": (SYSTEM_PROMPT, SYSTEM_PROMPT),
+    "consistent": (
+        MOTIVATED + "- format (weight 0.2): 1 if the response is exactly one <reasoning> block followed by one "
+        "<progress> block, else 0.\n- accuracy (weight 1): the share of the final answers reached from the response "
+        "whose last \\boxed{} value equals the reference answer mathematically, from 0 to 1.",
+        MOTIVATED + "- format (weight 0.2): 1 if the response is exactly one <reasoning> block followed by one "
+        "<answer> block, else 0.\n- accuracy (weight 1): the share of the final answers reached from the response "
+        "whose last \\boxed{} value equals the reference answer mathematically, from 0 to 1."),
+    "mismatched": (
+        MOTIVATED + "- format (weight 1): 1 if the response is exactly one <reasoning> block followed by one "
+        "<progress> block, else 0.\n- accuracy (weight 0.2): the share of the final answers reached from the "
+        "response whose last \\boxed{} value equals the reference answer mathematically, from 0 to 1.",
+        MOTIVATED + "- format (weight 1): 1 if the response is exactly one <reasoning> block followed by one "
+        "<answer> block, else 0.\n- accuracy (weight 0.2): the share of the final answers reached from the "
+        "response whose last \\boxed{} value equals the reference answer mathematically, from 0 to 1."),
+    "misleading": (
+        MOTIVATED + "- format (weight 0.2): 0 if the response is exactly one <reasoning> block followed by one "
+        "<progress> block, else 1.\n- accuracy (weight 1): the share of the final answers reached from the response "
+        "whose last \\boxed{} value does not equal the reference answer mathematically, from 0 to 1.",
+        MOTIVATED + "- format (weight 0.2): 0 if the response is exactly one <reasoning> block followed by one "
+        "<answer> block, else 1.\n- accuracy (weight 1): the share of the final answers reached from the response "
+        "whose last \\boxed{} value does not equal the reference answer mathematically, from 0 to 1."),
+    "Box the answer; a wrong one scores 0.": (SYSTEM_PROMPT + "\n\nBox the answer; a wrong one scores 0.",) * 2,
+}
+
+
+def demo_prompts(*overrides: str) -> tuple[str, str]:
+    """The demo's (round-1, last-round) system prompts: MOTIF, 3 rounds."""
+    config = load_config("demo", list(overrides))
+    spec = rollout_spec(config, build_rewards(config.reward.components, "reasoning_progress", config.rollout.max_tokens))
+    return spec.system_prompt, spec.final_system_prompt
+
+
+@pytest.mark.parametrize("mode", MOTIVATION_PROMPTS)
+def test_each_motivation_mode_writes_its_system_prompt(mode):
+    assert demo_prompts(f"reward.motivation='{mode}'") == MOTIVATION_PROMPTS[mode]
+
+
+def test_motivation_true_and_false_still_load_as_consistent_and_none():
+    for written, mode in [("true", "consistent"), ("false", "none")]:
+        assert load_config("demo", [f"reward.motivation={written}"]).reward.motivation == mode
+        assert demo_prompts(f"reward.motivation={written}") == MOTIVATION_PROMPTS[mode]
+    assert not load_config("demo", ["reward.motivation=none"]).reward.motivated
+
+
+def test_misleading_negates_a_users_reward_generically(user_file):
+    rewards = build_rewards([RewardTerm(f"{user_file}:length_bonus"), RewardTerm("overlong")], "reasoning_answer", 40)
+    assert motivation_text(rewards, mode="misleading").splitlines()[1:] == [
+        "- length_bonus (weight 1): the negative of this score: 0.01 per character of the response, at most 1.",
+        "- overlong (weight 1): 0 for a response of at most 32 tokens, rising linearly to 1 at 40 tokens and beyond."]
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["reward.motivation=misleadng"], r"reward.motivation 'misleadng' is not one of none, consistent, mismatched, "
+                                      r"misleading; did you mean misleading\?"),
+    (["reward.motivation=3"], "reward.motivation: expected str, got int 3"),
+    (["reward.motivation=' '"], "reward.motivation is empty"),
+    (["reward.motivation=mismatched", "reward.components=[{name: format}, {name: accuracy}]"],
+     r"the weights \[1.0, 1.0\] read the same reversed"),
+])
+def test_a_bad_motivation_is_named_in_one_line(overrides, message):
+    with pytest.raises(ConfigError, match=message) as error:
+        load_config("demo", overrides)
+    assert "\n" not in str(error.value)
 
 
 def test_motivation_reaches_the_model_prompt(rollout_pool, tiny_model):
@@ -259,6 +331,54 @@ def test_credit_reads_the_configured_rewards_and_the_grader_is_never_called(tmp_
     expected = grpo_advantages([s for f in scored.finals for s in f], [0, 0, 1, 1, 1]).tolist()
     assert [s.advantage for s in trained[2:]] == pytest.approx(expected)
     assert expected[0] < 0 < expected[1] and expected[2] == expected[3] < 0 < expected[4]
+
+
+def hand_overlong(length: int, limit: int, buffer: int) -> float:
+    """DAPO's eq. 13, case by case."""
+    if length <= limit - buffer:
+        return 0.0
+    if length <= limit:
+        return ((limit - buffer) - length) / buffer
+    return -1.0
+
+
+def test_overlong_penalty_follows_dapo_on_scripted_lengths():
+    lengths = [0, 31, 32, 33, 36, 39, 40, 41, 100]
+    (default,) = build_rewards([RewardTerm("overlong", weight=0.5)], "reasoning_progress", max_tokens=40)
+    samples = [RewardSample("q", "4", "r", ("f",), "reasoning_progress", n, (n,)) for n in lengths]
+    scored = score_samples([default], samples)
+    assert [hand_overlong(n, 40, 8) for n in lengths] == [0, 0, 0, -1 / 8, -0.5, -7 / 8, -1, -1, -1]
+    assert scored.totals == pytest.approx([0.5 * hand_overlong(n, 40, 8) for n in lengths])  # a fifth of 40
+    assert scored.metrics["reward/overlong"] == pytest.approx(sum(hand_overlong(n, 40, 8) for n in lengths) / 9)
+
+    # Its own limit and buffer over the rollout's; each final answer by its own length.
+    (own,) = build_rewards([RewardTerm("overlong", overlong_limit=30, overlong_buffer=10)], "reasoning_progress", 40)
+    finals = RewardSample("q", "4", "r", ("a", "b", "c"), "reasoning_progress", 25, (10, 25, 35))
+    scored = score_samples([own], [finals], final_format="reasoning_answer")
+    assert scored.totals == [hand_overlong(25, 30, 10)] == [-0.5]
+    assert scored.finals == [[0.0, -0.5, -1.0]]
+    assert own.description == "0 for a response of at most 20 tokens, falling linearly to -1 at 30 tokens and beyond."
+
+    # No length known: the component fails on the batch (counted), never a made-up length.
+    assert score_samples([own], [sample("x")]).metrics["reward/overlong/batch_failed"] == 1
+
+
+def test_a_step_gives_the_rewards_the_trained_token_counts():
+    from cluster.loop.step import reward_samples
+    from cluster.tasks.data import Problem
+    from rollout.protocols import PROTOCOLS
+    from rollout.protocols.motif import MotifSpec
+    from rollout.records import Completion, Episode, Turn
+
+    def turn(tokens: int, index: int, parent: int | None) -> Turn:
+        return Turn(Completion([1], [7] * tokens, "t", [0.0] * tokens, "stop", 1), "m", index, parent, 1.0)
+
+    episode = Episode(0, [turn(3, 1, None), turn(5, 2, 0), turn(2, 2, 0)])
+    (root_only,) = reward_samples([Episode(0, [turn(4, 1, None)])], [Problem("q", "4", 0)], PROTOCOLS["single"],
+                                  MotifSpec(rounds=1))
+    (motif,) = reward_samples([episode], [Problem("q", "4", 0)], PROTOCOLS["motif"], MotifSpec(rounds=2))
+    assert (motif.response_tokens, motif.final_tokens) == (3, (5, 2))
+    assert (root_only.response_tokens, root_only.final_tokens) == (4, (4,))
 
 
 def test_a_final_whose_grading_failed_is_left_out_not_counted_wrong(monkeypatch):

@@ -8,6 +8,8 @@ steps. GRPO and MOTIF get the same per-round token budget, which is too small fo
 arm gives single-round GRPO MOTIF's total budget (3 rounds' worth) in one round; a fourth trains MOTIF's
 continuation rounds as well as round 1 (learner.credit=every_round). Each is evaluated on
 held-out questions in its own protocol and budget, at step 0 and at the last step (--every adds more).
+`--arms motivation` runs MeRF's ablation instead (or beside, `--arms protocols motivation`): MOTIF told of its
+reward in each reward.motivation mode.
 
     python -m cluster.bench.learning --operations 4 6 8 10 --warm-starts 0 1 --seeds 0 1 2 --steps 30
 
@@ -35,8 +37,9 @@ from pathlib import Path
 import yaml
 from tqdm import tqdm
 
-from cluster.config import ConfigError, load_config, to_dict, without_new_unset
+from cluster.config import ConfigError, load_config, read_as_now, to_dict, without_new_unset
 from cluster.evaluation import t_quantile
+from rewards.motivation import MODES
 
 METHODS = {
     "grpo, 1 round": ["rollout.rounds=1", "learner.credit=first_round"],
@@ -47,6 +50,12 @@ METHODS = {
     # MOTIF with the continuation rounds trained too.
     "motif, every round": ["rollout.rounds=3", "learner.credit=every_round"],
 }
+# MeRF's ablation (arXiv 2506.18485): MOTIF told nothing of its reward, the truth, the components with each
+# other's weights, or the opposite of what is scored.
+MOTIVATION_ARMS = {f"motif, motivation {mode}": [*METHODS["motif, 3 rounds"], f"reward.motivation={mode}"]
+                   for mode in MODES}
+ARMS = {"protocols": METHODS, "motivation": MOTIVATION_ARMS}
+EVERY_METHOD = {method: overrides for arms in ARMS.values() for method, overrides in arms.items()}
 
 
 def interval(values: list[float]) -> tuple[float, float]:
@@ -69,7 +78,7 @@ def run_arguments(config: str, operations: int, warm_start: int, method: str, se
         if warm_start_operations else []
     arguments = ["--config", config, f"steps={steps}", f"eval.every={every}", f"data.toy.operations={operations}",
                  f"model.warm_start.seed={warm_start}", *shared, f"rollout.seed={seed}", f"learner.seed={seed}",
-                 f"data.shuffle_seed={seed}", *METHODS[method], *overrides]
+                 f"data.shuffle_seed={seed}", *EVERY_METHOD[method], *overrides]
     resolved = load_config(config, arguments[2:])
     r, learner = resolved.rollout, resolved.learner
     trained = r.prompts_per_step * r.samples_per_prompt  # round 1, plus every continuation round if trained
@@ -88,7 +97,7 @@ def same_config(run_dir: Path, arguments: list[str]) -> bool | None:
     output folder aside): a default that changed since makes the run stale, and arguments that spell out what
     it ran with match it. None where the run kept no readable config."""
     try:
-        saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+        saved = read_as_now(yaml.safe_load((run_dir / "config.yaml").read_text()))
         # Through YAML as the run wrote it, so that types compare as they were saved.
         now = yaml.safe_load(yaml.safe_dump(to_dict(load_config(arguments[1], arguments[2:]))))
     except (OSError, yaml.YAMLError, ConfigError):
@@ -259,20 +268,24 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--every", type=int, default=0, help="evaluate every this many steps too (0: ends only)")
     parser.add_argument("--out", default="runs/learning-grid")
     parser.add_argument("--report", action="store_true", help="summarise the finished runs; start none")
+    parser.add_argument("--arms", nargs="+", choices=ARMS, default=["protocols"],
+                        help="protocols: GRPO against MOTIF; motivation: MOTIF under each reward.motivation mode")
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     args = parser.parse_args(argv)
+    methods = [method for arms in args.arms for method in ARMS[arms]]
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     try:
-        run_arguments(args.config, args.operations[0], args.warm_starts[0], next(iter(METHODS)), args.seeds[0],
-                      args.steps, args.every or args.steps, args.overrides)
+        for method in methods:
+            run_arguments(args.config, args.operations[0], args.warm_starts[0], method, args.seeds[0],
+                          args.steps, args.every or args.steps, args.overrides)
     except ConfigError as e:  # before hours of runs, not in the first one's log
         parser.error(str(e))
 
     # RL seeds outermost, then warm starts: a grid stopped early covers every cell with its first seeds from
     # every warm start.
-    plan = [(w, s, d, m) for s in args.seeds for w in args.warm_starts for d in args.operations for m in METHODS]
-    runs: dict = {(m, d): [] for m in METHODS for d in args.operations}
+    plan = [(w, s, d, m) for s in args.seeds for w in args.warm_starts for d in args.operations for m in methods]
+    runs: dict = {(m, d): [] for m in methods for d in args.operations}
     started = time.monotonic()
     with tqdm(plan, desc="learning grid", unit="run", disable=args.report) as progress:
         for w, s, d, m in progress:
@@ -291,7 +304,7 @@ def main(argv: list[str] | None = None) -> dict:
                 took = "reused" if record["reused"] else f"{record['wall_s']:.0f} s"
                 progress.write(f"{d} ops, warm start {w}, seed {s}, {m}: {verdict} ({took})")
     results = {"config": args.config, "overrides": args.overrides, "steps": args.steps,
-               "operations": args.operations, "warm_starts": args.warm_starts, "seeds": args.seeds,
+               "arms": args.arms, "operations": args.operations, "warm_starts": args.warm_starts, "seeds": args.seeds,
                "warm_start_operations": args.warm_start_operations or args.operations,
                "wall_s_this_invocation": round(time.monotonic() - started, 1),
                "wall_s_all_runs": round(sum(r["wall_s"] for rs in runs.values() for r in rs), 1),

@@ -3,8 +3,8 @@ validating its own keys; the fields a resume must keep are marked there), rules.
 sections), load.py (YAML, `section.key=value` overrides, shipped configs; every error one line)."""
 
 from cluster.config.errors import BadInput, ConfigError
-from cluster.config.load import (CONFIGS, apply_override, load_config, resolve_config, shipped_configs, to_dict,
-                                 without_new_unset)
+from cluster.config.load import (CONFIGS, apply_override, load_config, read_as_now, resolve_config, shipped_configs,
+                                 to_dict, without_new_unset)
 from cluster.config.schema import (PLACEMENT_STRATEGIES, CheckpointConfig, ClusterConfig, DataConfig, EvalConfig,
                                    ModelConfig, RewardConfig, RolloutConfig, RunConfig, SFTDataConfig, SFTRunConfig,
                                    ToyConfig, WarmStartConfig, resume_field_names)
@@ -12,6 +12,6 @@ from cluster.config.schema import (PLACEMENT_STRATEGIES, CheckpointConfig, Clust
 __all__ = [
     "BadInput", "CONFIGS", "CheckpointConfig", "ClusterConfig", "ConfigError", "DataConfig", "EvalConfig",
     "ModelConfig", "PLACEMENT_STRATEGIES", "RewardConfig", "RolloutConfig", "RunConfig", "SFTDataConfig",
-    "SFTRunConfig", "ToyConfig", "WarmStartConfig", "apply_override", "load_config", "resolve_config",
+    "SFTRunConfig", "ToyConfig", "WarmStartConfig", "apply_override", "load_config", "read_as_now", "resolve_config",
     "resume_field_names", "shipped_configs", "to_dict", "without_new_unset",
 ]

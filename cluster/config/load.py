@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 
 from cluster.config.errors import ConfigError
-from cluster.config.schema import RunConfig
+from cluster.config.schema import RunConfig, motivation_mode
 
 
 def _coerce(value, annotation, where: str):
@@ -160,3 +160,16 @@ def without_new_unset(saved, current):
     if not (isinstance(saved, dict) and isinstance(current, dict)):
         return current
     return {k: without_new_unset(saved.get(k), v) for k, v in current.items() if k in saved or v is not None}
+
+
+# Values an older version wrote that read differently now, by dotted key.
+WRITTEN_BEFORE = {"reward.motivation": motivation_mode}  # true/false before its modes
+
+
+def read_as_now(settings, where: str = ""):
+    """`settings` (a config as a dict, or resume fields by dotted name) with the values an older version wrote
+    read as they are now (WRITTEN_BEFORE), at every depth: a run recorded with `motivation: true` compares equal
+    to the same run configured `consistent`."""
+    if isinstance(settings, dict):
+        return {k: read_as_now(v, f"{where}.{k}" if where else k) for k, v in settings.items()}
+    return WRITTEN_BEFORE[where](settings) if where in WRITTEN_BEFORE else settings

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from cluster.config.errors import ConfigError
+from rewards.registry import overlong_window
 from rollout.engine import VLLM_LORA_RANKS
 from rollout.protocols import PROTOCOLS, protocol_name
 
@@ -26,6 +27,12 @@ def check_run(config, training: bool) -> None:
                               f"trained (rollout.continuation_policy=current), got {r.continuation_top_p}, "
                               f"{r.continuation_policy!r} (or set learner.credit=first_round to train round 1 "
                               "only)")
+    for term in config.reward.components:
+        if term.name == "overlong":
+            try:
+                overlong_window(term, r.max_tokens)  # its limit defaults to the rollout's
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
     if learner.lora_rank > VLLM_LORA_RANKS[-1]:
         raise ConfigError(f"learner.lora_rank above {VLLM_LORA_RANKS[-1]} is not supported by vLLM's LoRA kernels")
     if training and learner.finetune != "lora":

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from cluster.config.errors import ConfigError
 from learner.config import RESUME, LearnerConfig
+from rewards.motivation import NO_MOTIVATION, check_motivation
 from rewards.registry import RewardTerm, check_terms
 from rollout.protocols import PROTOCOLS, protocol_name
 
@@ -177,15 +178,34 @@ def _default_reward_components() -> list[RewardTerm]:
     return [RewardTerm("format", weight=0.5), RewardTerm("accuracy", weight=1.0)]
 
 
+# reward.motivation as configs wrote it before it had modes.
+MOTIVATION_BEFORE_MODES = {True: "consistent", False: NO_MOTIVATION}
+
+
+def motivation_mode(value: str | bool) -> str:
+    return MOTIVATION_BEFORE_MODES[value] if isinstance(value, bool) else value
+
+
 @dataclass
 class RewardConfig:
-    # Registry names (format, accuracy, reward_model) or path/to/file.py:function, each with a weight.
+    # Registry names (format, accuracy, reward_model, overlong) or path/to/file.py:function, each with a weight.
     components: list[RewardTerm] = field(default_factory=_default_reward_components)
-    motivation: bool = False  # MeRF: write the components' descriptions into the system prompt
+    # MeRF: what the system prompt tells of the reward (rewards.motivation): none, consistent (the components'
+    # descriptions and weights), mismatched, misleading, or a text of your own; true/false read as
+    # consistent/none, and are held as those names.
+    motivation: str | bool = NO_MOTIVATION
+
+    def __post_init__(self):
+        self.motivation = motivation_mode(self.motivation)
+
+    @property
+    def motivated(self) -> bool:
+        return self.motivation != NO_MOTIVATION
 
     def validate(self) -> None:
         try:
             check_terms(self.components)
+            check_motivation(self.motivation, [t.weight for t in self.components])
         except ValueError as e:
             raise ConfigError(str(e)) from e
 

@@ -45,6 +45,8 @@ def reward_samples(episodes: list[Episode], batch: list[Problem], protocol: Prot
             response=protocol.response(e).completion.text,
             finals=tuple(t.completion.text for t in protocol.finals(e)),
             response_format=protocol.response_format(spec),
+            response_tokens=len(protocol.response(e).completion.completion_ids),
+            final_tokens=tuple(len(t.completion.completion_ids) for t in protocol.finals(e)),
         )
         for e in episodes
     ]

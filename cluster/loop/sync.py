@@ -50,9 +50,9 @@ def train(config: RunConfig, resume: str | None = None) -> Path:
     tqdm.write(f"run folder: {run_dir}" + (f" (library logs in {log_dir})" if log_dir else ""))
 
     r = config.rollout
-    rewards = build_rewards(config.reward.components, response_format(config))
+    rewards = build_rewards(config.reward.components, response_format(config), r.max_tokens)
     spec = rollout_spec(config, rewards)
-    if config.reward.motivation:
+    if config.reward.motivated:
         tqdm.write(f"system prompt with motivation:\n{spec.system_prompt}")
     log = None
     try:
