@@ -207,7 +207,8 @@ def check_eval(config: RunConfig, output_dir: Path) -> None:
     check_sampling(config, training=False)
 
 
-def check_sft(config: SFTRunConfig) -> None:
+def check_offline(config: SFTRunConfig) -> None:
+    """`motif sft` and `motif dpo` (a DPORunConfig is an SFTRunConfig with other data fields)."""
     check_model(config.model.path)
     data_file(config.data.path)
     check_writable(config.output_dir, "output_dir")
