@@ -1,4 +1,4 @@
-"""`motif` command line: train, sft, eval, build-traces, report, build-tiny-model."""
+"""`motif` command line: train, sft, dpo, eval, build-traces, report, build-tiny-model."""
 
 from __future__ import annotations
 
@@ -9,9 +9,12 @@ import re
 import sys
 import traceback
 
-from cluster.config import BadInput, ConfigError, RunConfig, SFTRunConfig, load_config
+from cluster.config import BadInput, ConfigError, DPORunConfig, RunConfig, SFTRunConfig, load_config
 
 OVERRIDES_HELP = "override a config key, dotted path (e.g. rollout.rounds=3)"
+# The commands that train on a file with one learner in this process, without Ray: their config and their run
+# (module, function).
+OFFLINE = {"sft": (SFTRunConfig, "cluster.sft", "run_sft"), "dpo": (DPORunConfig, "cluster.dpo", "run_dpo")}
 
 
 def _config_command(commands, name: str, help_text: str, description: str):
@@ -60,6 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     _config_command(commands, "sft", "supervised fine-tuning (warm start) through the same learner",
                     "Fine-tune on chat-formatted JSONL rows {prompt, response} (loss on response tokens only), "
                     "full-parameter (learner.finetune=full) or LoRA; writes OUTPUT_DIR/model.")
+    _config_command(commands, "dpo", "preference optimisation (DPO) through the same learner",
+                    "Train a LoRA adapter on JSONL rows {prompt, chosen, rejected} with the DPO loss against the "
+                    "model with the adapter off (learner.dpo_beta, learner.dpo_label_smoothing); writes "
+                    "OUTPUT_DIR/adapter.")
     _config_command(commands, "eval", "evaluate a model (optionally with an adapter) on a dataset",
                     "Evaluate through the vLLM rollout worker with the protocol of the train config; the eval "
                     "section sets rounds, max_tokens, temperature, n, the dataset split and eval.adapter. Writes "
@@ -101,13 +108,13 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         return 0
     try:
-        config = load_config(args.config, args.overrides, SFTRunConfig if args.command == "sft" else RunConfig,
+        config = load_config(args.config, args.overrides, OFFLINE.get(args.command, (RunConfig,))[0],
                              purpose="eval" if args.command in ("eval", "build-traces") else "train")
     except ConfigError as e:
         print(f"motif: invalid config: {e}", file=sys.stderr)
         return 2
     if args.show_logs:
-        if args.command == "sft":
+        if args.command in OFFLINE:
             config.show_logs = True
         else:
             config.cluster.show_logs = True
@@ -143,11 +150,12 @@ def _fail(error: Exception, code: int) -> int:
 def _run(args: argparse.Namespace, config) -> int:
     from cluster import preflight
 
-    if args.command == "sft":
-        preflight.check_sft(config)
-        from cluster.sft import run_sft
+    if args.command in OFFLINE:
+        import importlib
 
-        run_sft(config)
+        preflight.check_offline(config)
+        _, module, run = OFFLINE[args.command]
+        getattr(importlib.import_module(module), run)(config)
         return 0
     from cluster.workers import close_local_ray, cluster_address
 

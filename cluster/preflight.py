@@ -216,7 +216,8 @@ def check_traces(config: RunConfig, out: Path) -> None:
     check_writable(str(out.parent), "traces.path" if config.traces.path else "output_dir")
 
 
-def check_sft(config: SFTRunConfig) -> None:
+def check_offline(config: SFTRunConfig) -> None:
+    """`motif sft` and `motif dpo` (a DPORunConfig is an SFTRunConfig with other data fields)."""
     check_model(config.model.path)
     data_file(config.data.path)
     check_writable(config.output_dir, "output_dir")

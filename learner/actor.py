@@ -17,7 +17,7 @@ from learner.batching import plan_batch
 from learner.objectives import OBJECTIVES
 from learner.objectives.aggregation import MiniBatchSize
 from learner.policy import load_policy, pad_batch, token_logprobs
-from learner.records import SFTSample, TrainSample
+from learner.records import PreferencePair, SFTSample, TrainSample
 from learner.rendezvous import interface_of, rendezvous_address, tcp_store
 from rollout.records import AdapterPayload
 
@@ -42,8 +42,8 @@ def collective_interfaces(master: str, node_address: str | None) -> dict[str, st
 
 
 class GRPOLearner:
-    """The one training stack: GRPO (LoRA; the reference policy is the same model, adapter off) and SFT (LoRA or
-    full) steps in a DeepSpeed engine, and the exports that vLLM loads.
+    """The one training stack: GRPO and DPO (LoRA; the reference policy is the same model, adapter off) and SFT
+    (LoRA or full) steps in a DeepSpeed engine, and the exports that vLLM loads.
 
     One instance is one data-parallel rank: `world_size` instances that share `master` ("host:port", or a
     file:// rendezvous on one machine) form one DeepSpeed group (gloo on CPU, NCCL on GPU); `LearnerGroup`
@@ -144,9 +144,10 @@ class GRPOLearner:
         the partitioned weights in every forward, and backward)."""
         return self._logprobs([TrainSample([self.pad_id], [self.pad_id], 0.0)], with_adapter=with_adapter)[0]
 
-    def _plan(self, samples: Sequence) -> list:
+    def _plan(self, samples: Sequence, whole_episodes: bool = False) -> list:
         """One rank alone: the batch as (micro-batches of indices, token count) per mini-batch."""
-        _, (plan,) = plan_batch(samples, 1, self.config.mini_batch_size, self.config.micro_batch_size)
+        _, (plan,) = plan_batch(samples, 1, self.config.mini_batch_size, self.config.micro_batch_size,
+                                whole_episodes=whole_episodes)
         return plan
 
     def _update(self, samples: list, micros: list[list[int]], size: MiniBatchSize, micro_loss,
@@ -218,12 +219,17 @@ class GRPOLearner:
         """Supervised steps on (prompt, response) pairs: the `sft` objective, one optimizer step per mini-batch."""
         return self._step(list(samples), None, "sft")
 
+    def dpo_step(self, pairs: Sequence[PreferencePair]) -> dict[str, float]:
+        """Preference steps on (prompt, chosen, rejected): the `dpo` objective against the adapter-disabled
+        reference, one optimizer step per `mini_batch_size` pairs."""
+        return self._step([s for k, pair in enumerate(pairs) for s in pair.samples(k)], None, "dpo")
+
     def _step(self, samples: list, plan: list | None, objective_name: str) -> dict[str, float]:
         cfg, objective = self.config, OBJECTIVES[objective_name]
         if plan is None:
             if not samples:
                 raise ValueError(f"{objective_name} step got an empty batch")
-            plan = self._plan(samples)
+            plan = self._plan(samples, objective.whole_episodes)
         needs = objective.needs(cfg)
         # Old logprobs: with one mini-batch the policy has not moved when each sample is scored, so the ratio
         # is exactly 1 and no separate pass is needed.

@@ -38,7 +38,8 @@ class LearnerConfig:
     logprob_recompute: bool = True
     # Episodes (root samples, with every turn of theirs that is trained) per optimizer step, whatever the
     # credit or protocol; a step's episodes are split into ceil(episodes / mini_batch_size) updates. SFT:
-    # samples per optimizer step. micro_batch_size counts trained samples per forward/backward.
+    # samples per optimizer step; DPO: pairs. micro_batch_size counts trained samples per forward/backward
+    # (DPO: at most that many, but never less than one pair, which is never split)
     mini_batch_size: int = 8
     micro_batch_size: int = 4
     clip_low: float = 0.2
@@ -51,6 +52,9 @@ class LearnerConfig:
     # seq_mean_token_sum_norm's constant (Dr.GRPO: the generation budget, e.g. rollout.max_tokens)
     loss_scale_tokens: int | None = None
     kl_estimator: str = "k3"  # k1 | k2 | k3 (learner.objectives.kl)
+    # `motif dpo` (learner.objectives.dpo): TRL's beta (how far from the reference) and label_smoothing (cDPO)
+    dpo_beta: float = 0.1
+    dpo_label_smoothing: float = 0.0
     # Which rounds are trained (learner.credit.CREDIT): "every_round" (round 1 by future accuracy, and the
     # continuation rounds by their own chain's answer: it held at every difficulty of the learning grid) or
     # "first_round" (MOTIF as published: round 1 only)
@@ -84,7 +88,7 @@ class LearnerConfig:
                              f"{self.mini_batch_size}, {self.micro_batch_size}")
         if self.advantage_estimator not in ADVANTAGE_ESTIMATORS:
             raise ValueError(f"learner.advantage_estimator {self.advantage_estimator!r} is not one of {sorted(ADVANTAGE_ESTIMATORS)}")
-        policies = sorted(name for name in OBJECTIVES if name != "sft")  # sft is `motif sft`'s
+        policies = sorted(name for name, objective in OBJECTIVES.items() if objective.command == "train")
         if self.policy_loss not in policies:
             raise ValueError(f"learner.policy_loss {self.policy_loss!r} is not one of {policies}")
         if self.loss_aggregation not in AGGREGATIONS:
@@ -98,3 +102,6 @@ class LearnerConfig:
             raise ValueError(f"learner.credit {self.credit!r} is not one of {sorted(CREDIT)}")
         if self.learning_rate < 0 or self.kl_coef < 0:
             raise ValueError("learner.learning_rate and learner.kl_coef must be >= 0")
+        if not self.dpo_beta > 0 or not 0 <= self.dpo_label_smoothing < 0.5:
+            raise ValueError(f"learner.dpo_beta must be > 0 and learner.dpo_label_smoothing in [0, 0.5), got "
+                             f"{self.dpo_beta}, {self.dpo_label_smoothing}")

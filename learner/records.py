@@ -23,3 +23,18 @@ class SFTSample:
 
     prompt_ids: list[int]
     completion_ids: list[int]
+
+
+@dataclass(frozen=True)
+class PreferencePair:
+    """A prompt with the completion preferred and the one rejected (`motif dpo`)."""
+
+    prompt_ids: list[int]
+    chosen_ids: list[int]
+    rejected_ids: list[int]
+
+    def samples(self, episode: int) -> list[TrainSample]:
+        """The pair as the learner trains it: one episode of two samples, chosen then rejected (the order `dpo`
+        reads; the planner keeps it). `dpo` reads no advantage."""
+        return [TrainSample(self.prompt_ids, self.chosen_ids, 0.0, episode=episode),
+                TrainSample(self.prompt_ids, self.rejected_ids, 0.0, episode=episode)]

@@ -37,6 +37,7 @@ def test_demo_config_loads_and_overrides_apply():
     ("rollout.max_num_seqs=0", "rollout.max_num_seqs must be >= 1"),
     ("cluster.learner_timeout_s=0", "cluster.learner_timeout_s must be > 0"),
     ("learner.policy_loss=sft", "policy_loss 'sft' is not one of"),
+    ("learner.policy_loss=dpo", "policy_loss 'dpo' is not one of"),
     ("learner.loss_aggregation=seq_mean_token_sum_norm", "set learner.loss_scale_tokens"),
     ("learner.kl_estimator=k4", "kl_estimator 'k4'"),
 ])

@@ -371,10 +371,38 @@ class SFTRunConfig:
 
     def validate(self) -> None:
         if not self.data.path:
-            raise ConfigError("data.path: give the SFT JSONL file")
+            raise ConfigError("data.path: give the JSONL file")
         if self.epochs < 1 or (self.steps is not None and self.steps < 1) or self.max_length < 2:
             raise ConfigError("epochs and steps must be >= 1, max_length >= 2")
+        if self.learner.num_ranks != 1:
+            raise ConfigError(f"learner.num_ranks must be 1 here (one learner in this process), got "
+                              f"{self.learner.num_ranks}")
         validate_learner(self.learner)
+
+
+@dataclass
+class DPODataConfig:
+    # JSONL rows {"prompt": [chat messages] or a user message, "chosen": text, "rejected": text}
+    path: str = ""
+    prompt_field: str = "prompt"
+    chosen_field: str = "chosen"
+    rejected_field: str = "rejected"
+    limit: int | None = None
+
+
+@dataclass
+class DPORunConfig(SFTRunConfig):
+    """`motif dpo`: preference optimisation through the same learner, against the model with the adapter off;
+    the run's keys are `motif sft`'s, `learner.mini_batch_size` counting pairs."""
+
+    output_dir: str = "runs/dpo"  # the adapter goes to <output_dir>/adapter
+    data: DPODataConfig = field(default_factory=DPODataConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)  # LoRA; 8 pairs a step, 2 per forward
+
+    def validate(self) -> None:
+        super().validate()
+        if self.learner.finetune != "lora":
+            raise ConfigError("learner.finetune must be lora for dpo: the reference is the model with the adapter off")
 
 
 def resume_field_names(kind: type | None = None, mark: dict = RESUME, prefix: str = "") -> tuple[str, ...]:
