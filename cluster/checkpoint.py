@@ -58,7 +58,11 @@ RESUME_FIELDS = resume_field_names(RunConfig, RESUME)  # marked in the schema (c
 BEFORE_RECORDED = {
     "learner.credit": "first_round",  # the only credit before learner.credit existed
     "rollout.protocol": None,  # rollout.rounds chose the protocol, as an unset rollout.protocol does
-    "rollout.max_attempts": 2,  # self_correct's alone; no run before it had the protocol
+    # The protocols' own settings: no run before them used the protocols that read them.
+    "rollout.max_attempts": 2,
+    "rollout.max_rounds": 4,
+    "rollout.carry": "progress",
+    "rollout.carry_tokens": 32,
 }
 # Recorded with them, checked by `layout_mismatches`: how the learner's DeepSpeed state lies on disk. At ZeRO 0
 # the optimizer state is whole in rank 0's file and DeepSpeed loads it on any number of ranks (tested: a 2-rank

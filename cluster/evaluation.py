@@ -41,6 +41,8 @@ def eval_spec(config: RunConfig, train_spec: MotifSpec) -> MotifSpec:
         later = SamplingSpec(temperature=r.continuation_temperature, top_p=r.continuation_top_p, max_tokens=budget)
     else:
         first = later = SamplingSpec(temperature=e.temperature, top_p=e.top_p, max_tokens=budget)
+    if e.max_rounds is not None:  # markovian's bound (a config rule refuses it for other protocols)
+        train_spec = dataclasses.replace(train_spec, max_rounds=e.max_rounds)
     return dataclasses.replace(train_spec, samples_per_prompt=e.n, continuations=1,
                                rounds=e.rounds or train_spec.rounds, first_round=first, continuation=later,
                                continuation_policy="current")
@@ -146,6 +148,8 @@ def summarize(samples: list[dict], n: int) -> dict:
         statistics.fmean(s["tokens"][r] for s in samples if len(s["tokens"]) > r) for r in range(rounds)
     ]
     summary["mean_tokens"] = statistics.fmean(sum(s["tokens"]) for s in samples)
+    # How many turns the samples used (adaptive rounds stop early): turns -> samples.
+    summary["rounds_used"] = {str(n): c for n, c in sorted(Counter(len(s["tokens"]) for s in samples).items())}
     summary["no_answer"] = sum(s["answer"] is None for s in samples)
     summary["truncated"] = sum(s["truncated"] for s in samples)
     summary["prompt_too_long"] = sum(s["prompt_too_long"] for s in samples)
@@ -283,7 +287,7 @@ def run_eval(config: RunConfig) -> dict:
     # Only the system prompt needs them, when its motivation text is made of them.
     rewards = build_rewards(config.reward.components, response_format(config),
                             config.rollout.max_tokens) if config.reward.motivation in MOTIVATIONS else []
-    spec = eval_spec(config, rollout_spec(config, rewards))
+    spec = eval_spec(config, rollout_spec(config, rewards, model_path))
     start_ray(config, log_dir)
     pool = start_rollout_pool(config, model_path)
     try:

@@ -19,8 +19,9 @@ def response_format(config: RunConfig) -> str:
     return run_protocol(config).response_format(config.rollout)
 
 
-def rollout_spec(config: RunConfig, rewards: list[Reward]) -> MotifSpec:
-    """The run's protocol's spec (a MotifSpec, or one that extends it)."""
+def rollout_spec(config: RunConfig, rewards: list[Reward], model_path: str | None = None) -> MotifSpec:
+    """The run's protocol's spec (a MotifSpec, or one that extends it); `model_path` for a protocol that reads
+    token ids (markovian's token carry-over)."""
     r = config.rollout
     protocol = run_protocol(config)
     base = protocol.system_prompt or SYSTEM_PROMPT
@@ -40,4 +41,4 @@ def rollout_spec(config: RunConfig, rewards: list[Reward]) -> MotifSpec:
         system_prompt=system_prompt(protocol.response_format(r)),
         final_system_prompt=system_prompt("reasoning_answer"),
     )
-    return protocol.spec(common, r)
+    return protocol.spec(common, r, tokenizer=model_path)

@@ -94,3 +94,17 @@ def test_a_warm_start_for_several_difficulties_is_shared_by_them():
     assert any(" j" in text for text in corpus)  # a 10-operation question (steps a..j) shaped the tokenizer
     single_tasks, _, _ = plan("data.toy.operations=4")
     assert single_tasks == [dataclasses.replace(tasks[0])]
+
+
+def test_a_mix_of_difficulties_spans_the_range_and_keeps_the_splits_apart():
+    from cluster.config import ToyConfig
+    from cluster.tasks.toy_task import toy_problems
+
+    mix = ToyConfig(operations=3, max_operations=12)
+    train, test = toy_problems(mix, "train", 400), toy_problems(mix, "test", 100)
+    lengths = {len(p.steps) for p in train}
+    assert lengths == set(range(3, 13))
+    assert not {p.question for p in train} & {p.question for p in test}
+    assert [p.question for p in toy_problems(mix, "train", 400)] == [p.question for p in train]
+    with pytest.raises(ValueError, match="max_operations at least operations"):
+        toy_problems(ToyConfig(operations=6, max_operations=4), "train", 1)

@@ -33,6 +33,9 @@ def check_run(config, training: bool) -> None:
                 overlong_window(term, r.max_tokens)  # its limit defaults to the rollout's
             except ValueError as e:
                 raise ConfigError(str(e)) from None
+    if config.eval.max_rounds is not None and protocol != "markovian":
+        raise ConfigError(f"eval.max_rounds is for rollout.protocol=markovian (rounds that stop when one answers); "
+                          f"rollout.protocol={protocol} evaluates eval.rounds")
     if learner.lora_rank > VLLM_LORA_RANKS[-1]:
         raise ConfigError(f"learner.lora_rank above {VLLM_LORA_RANKS[-1]} is not supported by vLLM's LoRA kernels")
     if training and learner.finetune != "lora":

@@ -27,6 +27,9 @@ class ToyConfig:
     """`data.toy`: the synthetic task (cluster/tasks/toy_task.py)."""
 
     operations: int = 6  # steps in a full solution: the difficulty knob
+    # A mix of difficulties: each problem has operations..max_operations steps, drawn uniformly; None: all have
+    # `operations` (stopping early is worth learning only when some questions are easier than others)
+    max_operations: int | None = None
     steps_per_round: int = 3  # steps a MOTIF round before the last covers in the warm-start traces
     seed: int = 0
 
@@ -94,7 +97,8 @@ class DataConfig:
 
 @dataclass
 class RolloutConfig:
-    # How an episode's turns are built (rollout.protocols.PROTOCOLS): "motif", "single" or "self_correct";
+    # How an episode's turns are built (rollout.protocols.PROTOCOLS): "motif", "single", "self_correct" or
+    # "markovian";
     # None: the one `rounds` implies (1: single, more: motif)
     protocol: str | None = field(default=None, metadata=RESUME)
     prompts_per_step: int = field(default=2, metadata=RESUME)  # B
@@ -109,6 +113,11 @@ class RolloutConfig:
     max_tokens: int = field(default=64, metadata=RESUME)  # per round
     continuation_policy: str = field(default="current", metadata=RESUME)
     max_attempts: int = field(default=2, metadata=RESUME)  # self_correct: attempts per episode, each judged
+    # markovian: rounds a chain may run before it must answer, and what a round that did not answer hands on
+    # ("progress": its progress note; "tokens": its last carry_tokens tokens verbatim)
+    max_rounds: int = field(default=4, metadata=RESUME)
+    carry: str = field(default="progress", metadata=RESUME)
+    carry_tokens: int = field(default=32, metadata=RESUME)
     max_model_len: int = 1024
     # GPU: the share of the GPU's memory the engine may use (weights + KV cache); None: 0.9, or 0.5 when
     # colocated with a learner rank. CPU: kv_cache_mb is the KV cache (None: 64); on GPU it overrides the share.
@@ -273,6 +282,7 @@ class EvalConfig:
     split: str = "test"
     limit: int | None = 64  # questions
     rounds: int | None = None  # R (None: rollout.rounds)
+    max_rounds: int | None = None  # markovian (None: rollout.max_rounds); more than trained is allowed
     max_tokens: int | None = None  # per round (None: rollout.max_tokens)
     # None: the training temperatures and top-p (round 1: rollout.temperature, later rounds:
     # rollout.continuation_temperature), so held-out pass@1 compares with reward/accuracy; a number (0: greedy)
@@ -291,6 +301,8 @@ class EvalConfig:
             raise ConfigError(f"eval.top_p must be in (0, 1], got {e.top_p}")
         if (e.temperature is not None and e.temperature < 0) or e.n < 1 or e.every < 0 or (e.rounds is not None and e.rounds < 1):
             raise ConfigError("eval: temperature must be >= 0, n and rounds >= 1, every >= 0")
+        if e.max_rounds is not None and e.max_rounds < 1:
+            raise ConfigError(f"eval.max_rounds must be >= 1, got {e.max_rounds}")
         if not 0 <= e.max_failed_fraction < 1:
             raise ConfigError(f"eval.max_failed_fraction must be in [0, 1), got {e.max_failed_fraction}")
 

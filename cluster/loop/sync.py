@@ -51,7 +51,7 @@ def train(config: RunConfig, resume: str | None = None) -> Path:
 
     r = config.rollout
     rewards = build_rewards(config.reward.components, response_format(config), r.max_tokens)
-    spec = rollout_spec(config, rewards)
+    spec = rollout_spec(config, rewards, model_path)
     if config.reward.motivated:
         tqdm.write(f"system prompt with motivation:\n{spec.system_prompt}")
     log = None

@@ -58,16 +58,20 @@ def toy_problems(config: ToyConfig, split: str, count: int) -> list[ToyProblem]:
     """`count` distinct problems of `split` ("train" or "test"), the same for the same config."""
     if split not in ("train", "test"):
         raise ValueError(f"toy task split must be 'train' or 'test', got {split!r}")
-    if not 1 <= config.operations <= len(LETTERS):
-        raise ValueError(f"toy task operations must be in 1..{len(LETTERS)}, got {config.operations}")
+    most = config.max_operations or config.operations
+    if not 1 <= config.operations <= most <= len(LETTERS):
+        raise ValueError(f"toy task operations must be in 1..{len(LETTERS)} (and max_operations at least operations), "
+                         f"got {config.operations}, {config.max_operations}")
     rng = random.Random(config.seed)
     seen, out = set(), []
     budget = 1000 * count + 10_000  # short chains have few distinct questions; never loop forever
     while len(out) < count and budget > 0:
         budget -= 1
+        # One draw more per problem only for a mix: a single difficulty's stream is what it always was.
+        length = rng.randint(config.operations, most) if config.max_operations else config.operations
         problem = ToyProblem(
             rng.randrange(10),
-            tuple((rng.choice("+-*"), rng.randrange(1, 10)) for _ in range(config.operations)),
+            tuple((rng.choice("+-*"), rng.randrange(1, 10)) for _ in range(length)),
         )
         if problem.question in seen or problem.held_out != (split == "test"):
             continue

@@ -35,7 +35,9 @@ def warm_start_plan(settings: WarmStartConfig, toy: ToyConfig) -> tuple[list[Toy
     for name in ("operations", "verdict_accuracy"):
         if shaping[name] is None:
             del shaping[name]
-    key_material = json.dumps([shaping, *map(dataclasses.asdict, tasks), corpus, tiny_model_digest()])
+    shown = [{k: v for k, v in dataclasses.asdict(t).items() if not (k == "max_operations" and v is None)}
+             for t in tasks]
+    key_material = json.dumps([shaping, *shown, corpus, tiny_model_digest()])
     return tasks, corpus, hashlib.sha256(key_material.encode()).hexdigest()[:12]
 
 

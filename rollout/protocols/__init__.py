@@ -4,8 +4,8 @@ config checks, and the counts it keeps in Episode.stats (logged per step as roll
 none of them: a protocol receives `generate`.
 
 A protocol is one module here that registers a `Protocol`. Built in: `motif` (rounds carried by progress
-notes), `single` (one round; `rollout.rounds=1` says the same) and `self_correct` (attempts judged by the model
-itself, corrected after a "wrong" verdict).
+notes), `single` (one round; `rollout.rounds=1` says the same), `self_correct` (attempts judged by the model
+itself, corrected after a "wrong" verdict) and `markovian` (MOTIF whose rounds stop when one answers).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from rollout.records import Completion, Episode, SamplingSpec, Turn
 Generate = Callable[[list[list[dict[str, str]]], SamplingSpec, bool], list[list[Completion]]]
 
 
-def _same_spec(common, rollout_settings):
+def _same_spec(common, rollout_settings, tokenizer=None):
     return common
 
 
@@ -41,8 +41,9 @@ class Protocol:
     credits: tuple[str, ...]  # the learner.credit entries that know its episodes
     # The FORMATS entry its response should follow, from the rollout settings (or a spec: both hold `rounds`).
     response_format: Callable[[object], str]
-    # Its spec from the common one (cluster.spec: m, sampling, system prompts) and the rollout settings.
-    spec: Callable[[object, object], object] = _same_spec
+    # Its spec from the common one (cluster.spec: m, sampling, system prompts), the rollout settings and the
+    # model's tokenizer (a path, None where no model is at hand, e.g. in preflight checks).
+    spec: Callable[..., object] = _same_spec
     # What the rewards see of an episode: the turn whose text is the trained response (the format reward
     # checks it), and the turns that hold its final answers (graded; one per chain).
     response: Callable[[Episode], Turn] = _root
@@ -71,4 +72,4 @@ def protocol_name(protocol: str | None, rounds: int) -> str:
     return protocol or ("single" if rounds == 1 else "motif")
 
 
-from rollout.protocols import motif, self_correct, single  # noqa: E402,F401  (each module registers its protocol)
+from rollout.protocols import markovian, motif, self_correct, single  # noqa: E402,F401  (each module registers its protocol)

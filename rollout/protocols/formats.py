@@ -42,6 +42,13 @@ FORMATS: dict[str, FormatSpec] = {
             "1 if the response is exactly one <reasoning> block followed by one <progress> block, else 0.",
             _sequence(_block("reasoning"), _block("progress")),
         ),
+        # Adaptive rounds (markovian): a round answers, or hands its progress on.
+        FormatSpec(
+            "reasoning_progress_or_answer",
+            "1 if the response is exactly one <reasoning> block followed by one <answer> block or one <progress> "
+            "block, else 0.",
+            _sequence(_block("reasoning"), f"(?:{_block('answer')}|{_block('progress')})"),
+        ),
         # Self-rewarding correction: each turn answers, then judges its own answer.
         FormatSpec(
             "reasoning_answer_verify",

@@ -149,7 +149,7 @@ def _check(settings) -> None:
                          f"rollout.continuation_policy must be current, got {settings.continuation_policy!r}")
 
 
-def _spec(common: MotifSpec, settings) -> SelfCorrectSpec:
+def _spec(common: MotifSpec, settings, tokenizer: str | None = None) -> SelfCorrectSpec:
     # One answer format for every attempt: the final round's system prompt (with its motivation, if any).
     fields = {f.name: getattr(common, f.name) for f in dataclasses.fields(MotifSpec)}
     return SelfCorrectSpec(**{**fields, "rounds": 1, "continuations": 1}, max_attempts=settings.max_attempts)
