@@ -230,3 +230,13 @@ def test_build_traces_ends_within_its_tries_when_no_verdict_agrees():
                                   grade=_grade)
     assert traces == [] and counts["no_agreeing_verdict"] == 3
     assert pool.calls == 1 + 4  # the attempts, then one batched call per try
+
+
+def test_the_shipped_recipe_loads_for_both_stages():
+    from cluster.config import SFTRunConfig
+
+    rl = load_config("self-correct-toy")
+    assert rl.rollout.protocol == "self_correct" and rl.learner.credit == "every_turn"
+    assert rl.model.warm_start.verdict_accuracy == 0.7
+    sft = load_config("self-correct-sft", [], SFTRunConfig)
+    assert sft.data.path == rl.traces.path and sft.model.warm_start == rl.model.warm_start
