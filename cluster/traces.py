@@ -29,6 +29,9 @@ from rollout.protocols.self_correct import (CORRECT, CORRECT_INSTRUCTION, VERIFY
                                             attempt_message, parse_verdict)
 
 KINDS = ("wrong->[wrong]->right", "right->[wrong]->right", "right->[correct]")
+# Where every attempt went: graded or not, an agreeing verdict or none, a right attempt doubted on the way,
+# a correction found or not, a final "correct" or not.
+COUNTS = ("attempts", "ungraded", "no_agreeing_verdict", "doubted_right", "no_right_correction", "no_final_verdict")
 QUESTIONS_PER_CALL = 16  # questions per progress-bar tick
 
 
@@ -106,6 +109,7 @@ def build_traces(pool, problems: Sequence[Problem], spec: SelfCorrectSpec, max_t
     judged = _search(pool, (*key, "verdicts"), [t for t, _ in graded], system, VERIFY_INSTRUCTION, spec, max_tries,
                      agrees)
     counts["no_agreeing_verdict"] = sum(v is None for _, v in judged)
+    counts["doubted_right"] = len(doubted)
     kept, to_correct = [], []
     for trace, verdict in judged:
         if is_right[id(trace)]:
@@ -178,8 +182,7 @@ def run_build_traces(config: RunConfig) -> dict:
     os.replace(written, out)
     summary = {"questions": len(problems), "traces": len(kept), "rows": len(rows),
                "mix": {kind: counts[kind] for kind in KINDS},
-               **{k: counts[k] for k in ("attempts", "ungraded", "no_agreeing_verdict", "no_right_correction",
-                                         "no_final_verdict")}}
+               **{k: counts[k] for k in COUNTS}}
     out.with_suffix(".summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     tqdm.write("traces: " + ", ".join(f"{k} {v}" for k, v in summary["mix"].items())
                + f" | not completed: {summary['no_agreeing_verdict']} verdicts, {summary['no_right_correction']} "

@@ -94,3 +94,14 @@ def test_evaluation_may_allow_more_rounds_than_training():
         load_config("tests/configs/smoke.yaml", ["eval.max_rounds=6"])
     with pytest.raises(ConfigError, match="rollout.carry must be one of progress, tokens"):
         load_config("tests/configs/smoke.yaml", ["rollout.protocol=markovian", "rollout.carry=all"])
+
+
+def test_credits_that_train_later_rounds_need_them_sampled_from_the_policy():
+    markovian = ["rollout.protocol=markovian"]
+    with pytest.raises(ConfigError, match="every_turn trains every turn"):
+        load_config("tests/configs/smoke.yaml", [*markovian, "learner.credit=every_turn", "rollout.continuation_top_p=0.9"])
+    with pytest.raises(ConfigError, match="every_round ranks a sample's continuations"):
+        load_config("tests/configs/smoke.yaml", [*markovian, "learner.credit=every_round", "rollout.rounds=1",
+                                                 "rollout.continuations=1"])
+    assert load_config("tests/configs/smoke.yaml", [*markovian, "learner.credit=first_round",
+                                                    "rollout.continuation_policy=frozen_base"]).rollout.carry == "progress"

@@ -16,6 +16,7 @@ from rollout.protocols import PROTOCOLS
 from rollout.protocols.self_correct import (CORRECT_INSTRUCTION, VERIFY_INSTRUCTION, SelfCorrectSpec, outcomes,
                                             parse_verdict)
 from rollout.records import RESPONSE, VERDICT, Completion
+from tests.test_self_correct_run import assert_accounted
 
 PROTOCOL = PROTOCOLS["self_correct"]
 RIGHT, WRONG_ANSWER = "<reasoning>r</reasoning><answer>\\boxed{4}</answer>", "<reasoning>r</reasoning><answer>\\boxed{5}</answer>"
@@ -210,6 +211,8 @@ def test_build_traces_keeps_the_papers_kinds_and_trains_model_turns_only():
     assert sorted(t.kind for t in traces) == sorted(KINDS)
     assert {k: counts[k] for k in KINDS} == dict.fromkeys(KINDS, 1)
     assert counts["attempts"] == 2 and counts["no_agreeing_verdict"] == counts["no_right_correction"] == 0
+    assert counts["doubted_right"] == 1
+    assert_accounted({**counts, "mix": {k: counts[k] for k in KINDS}})
     by_kind = {t.kind: t for t in traces}
     assert [text for _, text in by_kind["right->[correct]"].turns] == [RIGHT, "[VERIFY] correct"]
     assert [text for _, text in by_kind["right->[wrong]->right"].turns] == [RIGHT, "[VERIFY] wrong", RIGHT, "[VERIFY] correct"]
@@ -223,12 +226,13 @@ def test_build_traces_keeps_the_papers_kinds_and_trains_model_turns_only():
 
 
 def test_build_traces_ends_within_its_tries_when_no_verdict_agrees():
-    from cluster.traces import build_traces
+    from cluster.traces import KINDS, build_traces
 
     pool = ScriptedPool(lambda conversation, tries: "[VERIFY] maybe" if len(conversation) > 2 else RIGHT)
     traces, counts = build_traces(pool, [Problem("2+2?", "4", 0)], SelfCorrectSpec(samples_per_prompt=3), max_tries=4,
                                   grade=_grade)
     assert traces == [] and counts["no_agreeing_verdict"] == 3
+    assert_accounted({**counts, "mix": {k: counts[k] for k in KINDS}})
     assert pool.calls == 1 + 4  # the attempts, then one batched call per try
 
 

@@ -15,7 +15,11 @@ def check_run(config, training: bool) -> None:
     if learner.credit not in PROTOCOLS[protocol].credits:
         raise ConfigError(f"learner.credit={learner.credit} does not know the episodes of rollout.protocol="
                           f"{protocol} (its credits: {', '.join(PROTOCOLS[protocol].credits)})")
-    if training and learner.credit == "every_round" and r.rounds > 1:
+    if training and learner.credit == "every_turn" and (r.continuation_top_p != 1 or r.continuation_policy != "current"):
+        raise ConfigError("learner.credit=every_turn trains every turn: the later ones must be sampled from the full "
+                          "distribution (rollout.continuation_top_p=1) of the policy being trained "
+                          f"(rollout.continuation_policy=current), got {r.continuation_top_p}, {r.continuation_policy!r}")
+    if training and learner.credit == "every_round" and (r.rounds > 1 or protocol == "markovian"):
         # The default trains the continuation rounds; learner.credit=first_round (MOTIF as published) does not.
         if r.continuations < 2:
             raise ConfigError("learner.credit=every_round ranks a sample's continuations against each other: "
