@@ -108,3 +108,21 @@ def test_a_mix_of_difficulties_spans_the_range_and_keeps_the_splits_apart():
     assert [p.question for p in toy_problems(mix, "train", 400)] == [p.question for p in train]
     with pytest.raises(ValueError, match="max_operations at least operations"):
         toy_problems(ToyConfig(operations=6, max_operations=4), "train", 1)
+
+
+def test_adaptive_rounds_traces_answer_in_the_round_that_reaches_the_end():
+    import random
+
+    from cluster.config import ToyConfig
+    from cluster.tasks.toy_task import markovian_turns, toy_problems
+
+    problems = toy_problems(ToyConfig(operations=2, max_operations=10), "train", 60)
+    for problem in problems:
+        turns = markovian_turns(problem, 3, random.Random(0), 0.0, max_rounds=3)
+        n = len(problem.steps)
+        assert len(turns) == min(-(-n // 3), 3)  # rounds of 3 steps; the third finishes what is left
+        assert turns[-1][1].endswith(f"\\boxed{{{problem.answer}}}</answer>")
+        assert all("<progress>" in response for _, response in turns[:-1])
+        for (_, before), (prompt, _) in zip(turns, turns[1:]):
+            assert before.split("<progress>")[1].split("</progress>")[0] in prompt[-1]["content"]
+    assert {len(markovian_turns(p, 3, random.Random(0), 0.0, 3)) for p in problems} == {1, 2, 3}

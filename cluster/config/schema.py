@@ -49,6 +49,9 @@ class WarmStartConfig:
     # Also imitate self-correction episodes (rollout.protocol=self_correct), whose verdicts are right with this
     # probability; None: none
     verdict_accuracy: float | None = None
+    # Also imitate adaptive-rounds chains (rollout.protocol=markovian) of at most this many rounds, each round
+    # covering steps_per_round steps and the one that reaches the end answering; None: none
+    markovian_rounds: int | None = None
     steps: int = 1200  # 800 left some warm starts under-trained (greedy 0.93), where RL then gained nothing
     batch_size: int = 32
     learning_rate: float = 3.0e-3
@@ -58,6 +61,8 @@ class WarmStartConfig:
         mixed = self.operations
         if mixed is not None and (not mixed or not all(1 <= d <= 26 for d in mixed)):
             raise ConfigError(f"model.warm_start.operations must list toy difficulties in 1..26, got {mixed}")
+        if self.markovian_rounds is not None and self.markovian_rounds < 1:
+            raise ConfigError(f"model.warm_start.markovian_rounds must be >= 1, got {self.markovian_rounds}")
         if self.verdict_accuracy is not None and not 0 <= self.verdict_accuracy <= 1:
             raise ConfigError(f"model.warm_start.verdict_accuracy must be in [0, 1], got {self.verdict_accuracy}")
 

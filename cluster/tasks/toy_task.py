@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from cluster.config import ToyConfig
 from rollout.protocols import conversation
-from rollout.protocols import self_correct
+from rollout.protocols import markovian, self_correct
 from rollout.protocols.motif import SYSTEM_PROMPT, continuation_message, first_round_message
 
 LETTERS = string.ascii_lowercase
@@ -188,6 +188,33 @@ def self_correct_turns(problem: ToyProblem, steps_per_round: int, rng: random.Ra
     return out
 
 
+def markovian_turns(problem: ToyProblem, steps_per_round: int, rng: random.Random, error_rate: float,
+                    max_rounds: int) -> list[tuple[list[dict[str, str]], str]]:
+    """An adaptive-rounds chain (rollout.protocols.markovian) as (conversation, response) per round: each round
+    covers `steps_per_round` steps, and the round that reaches the last step answers, so an easy question ends
+    in round 1; the last allowed round finishes whatever is left. Steps are as imperfect as in solution_turns."""
+    turns, value, done, carried = [], problem.start, 0, None
+    for round_index in range(1, max_rounds + 1):
+        todo = len(problem.steps) - done if round_index == max_rounds else min(steps_per_round, len(problem.steps) - done)
+        written = []
+        for i in range(done, done + todo):
+            op, d = problem.steps[i]
+            after = OPERATIONS[op](value, d)
+            if rng.random() < error_rate:
+                after = rng.choice([v for v in range(10) if v != after])
+            written.append(step_text(i, op, d, value, after))
+            value = after
+        done += todo
+        message = markovian.round_message(problem.question, round_index, max_rounds, carried)
+        finished = done == len(problem.steps)
+        carried = progress_text(done - 1, value)
+        ending = f"<answer>\\boxed{{{value}}}</answer>" if finished else f"<progress>{carried}</progress>"
+        turns.append((conversation(message, SYSTEM_PROMPT), f"<reasoning>{''.join(f' {w}' for w in written)}</reasoning>{ending}"))
+        if finished:
+            break
+    return turns
+
+
 def self_correct_corpus() -> list[str]:
     """The self-correction texts the tiny tokenizer learns merges from, when a warm start imitates them."""
     return [self_correct.SYSTEM_PROMPT, self_correct.VERIFY_INSTRUCTION, self_correct.CORRECT_INSTRUCTION,
@@ -195,10 +222,11 @@ def self_correct_corpus() -> list[str]:
 
 
 def sft_rows(config: ToyConfig, count: int, rounds: tuple[int, ...], error_rate: float, seed: int = 0,
-             verdict_accuracy: float | None = None) -> list[dict]:
+             verdict_accuracy: float | None = None, markovian_rounds: int | None = None) -> list[dict]:
     """Chat-formatted SFT rows ({"prompt": messages, "response": text}) from `count` train problems, each
-    solved once for every number of rounds in `rounds` (1 = single round, R > 1 = MOTIF's R rounds), and once
-    as a self-correction episode when `verdict_accuracy` is set."""
+    solved once for every number of rounds in `rounds` (1 = single round, R > 1 = MOTIF's R rounds), once as a
+    self-correction episode when `verdict_accuracy` is set, and once as an adaptive-rounds chain of at most
+    `markovian_rounds` rounds when that is set."""
     rng = random.Random(seed)
     rows = []
     for problem in toy_problems(config, "train", count):
@@ -208,6 +236,9 @@ def sft_rows(config: ToyConfig, count: int, rounds: tuple[int, ...], error_rate:
         if verdict_accuracy is not None:
             for prompt, response in self_correct_turns(problem, config.steps_per_round, rng, error_rate,
                                                        verdict_accuracy):
+                rows.append({"prompt": prompt, "response": response})
+        if markovian_rounds is not None:
+            for prompt, response in markovian_turns(problem, config.steps_per_round, rng, error_rate, markovian_rounds):
                 rows.append({"prompt": prompt, "response": response})
     rng.shuffle(rows)
     return rows

@@ -20,6 +20,7 @@ from cluster.config import ModelConfig, SFTDataConfig, SFTRunConfig, WarmStartCo
 from cluster.tasks.toy_task import ToyConfig, self_correct_corpus, sft_rows, tokenizer_corpus
 from learner.config import LearnerConfig
 from rollout.common import replace_directory
+from rollout.protocols.markovian import OPEN_FORMAT
 
 
 def warm_start_plan(settings: WarmStartConfig, toy: ToyConfig) -> tuple[list[ToyConfig], list[str], str]:
@@ -30,9 +31,11 @@ def warm_start_plan(settings: WarmStartConfig, toy: ToyConfig) -> tuple[list[Toy
     corpus = [text for task in tasks for text in tokenizer_corpus(task)]
     if settings.verdict_accuracy is not None:
         corpus += self_correct_corpus()
+    if settings.markovian_rounds is not None:
+        corpus.append(OPEN_FORMAT)
     shaping = dataclasses.asdict(settings) | {"dir": None}
     # Fields at their "not used" value leave the key of the warm starts built before they existed unchanged.
-    for name in ("operations", "verdict_accuracy"):
+    for name in ("operations", "verdict_accuracy", "markovian_rounds"):
         if shaping[name] is None:
             del shaping[name]
     shown = [{k: v for k, v in dataclasses.asdict(t).items() if not (k == "max_operations" and v is None)}
@@ -69,7 +72,8 @@ def _build_into(work: Path, settings: WarmStartConfig, tasks: list[ToyConfig], c
     base = build_tiny_model(work / "base", seed=settings.seed, extra_corpus=corpus)
     rows = [row for i, task in enumerate(tasks)
             for row in sft_rows(task, settings.problems // len(tasks), tuple(settings.rounds), settings.error_rate,
-                                seed=settings.seed + i, verdict_accuracy=settings.verdict_accuracy)]
+                                seed=settings.seed + i, verdict_accuracy=settings.verdict_accuracy,
+                                markovian_rounds=settings.markovian_rounds)]
     if len(tasks) > 1:
         random.Random(settings.seed).shuffle(rows)  # sft_rows shuffles each difficulty's rows, not the mix
     (work / "sft.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
