@@ -7,6 +7,7 @@ import dataclasses
 import json
 import statistics
 from collections import Counter
+import math
 from math import comb, exp, lgamma, log, sqrt
 from pathlib import Path
 
@@ -101,7 +102,8 @@ def t_quantile(p: float, df: int) -> float:
     return (lo + hi) / 2
 
 
-def clustered_interval(per_question: list[float], level: float = 0.95) -> tuple[float, float, float] | None:
+def clustered_interval(per_question: list[float], level: float = 0.95,
+                       bounds: tuple[float, float] = (0.0, 1.0)) -> tuple[float, float, float] | None:
     """(stderr, lo, hi) of the mean of per-question accuracies; None with fewer than 2 questions.
 
     The n samples of one question are not independent draws (they share its difficulty), so treating all
@@ -110,7 +112,7 @@ def clustered_interval(per_question: list[float], level: float = 0.95) -> tuple[
     mean of those Q values +- t(level, Q-1) * sd / sqrt(Q) (sd with Q-1), i.e. a cluster-robust interval,
     which covers both which questions were drawn and the sampling noise within each. t rather than the
     normal 1.96 because held-out sets can be small (t(0.975, 63) = 2.00, t(0.975, 9) = 2.26). Clipped to
-    [0, 1]. When every question has the same accuracy (all 0 or all 1), sd = 0 and the interval collapses
+    `bounds` ([0, 1]: an accuracy). When every question has the same accuracy (all 0 or all 1), sd = 0 and the interval collapses
     to a point: more questions, not a narrower interval, are the cure there. Two evaluations on the same
     questions are paired: their difference has a tighter interval than these two intervals suggest.
     """
@@ -121,7 +123,7 @@ def clustered_interval(per_question: list[float], level: float = 0.95) -> tuple[
     sd = sqrt(sum((v - mean) ** 2 for v in per_question) / (q - 1))
     stderr = sd / sqrt(q)
     half = t_quantile(0.5 + level / 2, q - 1) * stderr
-    return stderr, max(0.0, mean - half), min(1.0, mean + half)
+    return stderr, max(bounds[0], mean - half), min(bounds[1], mean + half)
 
 
 def summarize(samples: list[dict], n: int) -> dict:
@@ -189,7 +191,10 @@ def outcome_summary(prefix: str, samples: list[dict]) -> dict:
         for s in samples:
             if s["outcomes"].get(key) is not None:
                 by_question.setdefault(s["question_id"], []).append(s["outcomes"][key])
-        interval = clustered_interval([sum(v) / len(v) for v in by_question.values()])
+        means = [sum(v) / len(v) for v in by_question.values()]
+        # A share stays within [0, 1]; a count (attempts, rounds) has no such bound.
+        share = all(0 <= v <= 1 for vs in by_question.values() for v in vs)
+        interval = clustered_interval(means, bounds=(0.0, 1.0) if share else (-math.inf, math.inf))
         if interval is not None:
             summary[f"{prefix}/{key}_lo"], summary[f"{prefix}/{key}_hi"] = interval[1:]
     return summary

@@ -53,8 +53,9 @@ def test_an_answer_ends_the_chain_and_max_rounds_bounds_the_rest():
     assert episodes[0].chains() == []
     assert "note 1.1" in episodes[1].turns[1].message and "round 2 of at most 4" in episodes[1].turns[1].message
     assert "give the final answer" in episodes[2].turns[3].message  # the last round must answer
-    assert [outcomes(e, {}) for e in episodes] == [{"rounds": 1.0, "answered": 1.0}, {"rounds": 3.0, "answered": 1.0},
-                                                   {"rounds": 4.0, "answered": 0.0}]
+    assert [outcomes(e, {}) for e in episodes] == [{"rounds": 1.0, "answered_early": 1.0},
+                                                   {"rounds": 3.0, "answered_early": 1.0},
+                                                   {"rounds": 4.0, "answered_early": 0.0}]
     # Finals: the root when it answered, else each chain's last round.
     assert [t.completion.text for t in PROTOCOL.finals(episodes[0])] == [ANSWER]
     assert PROTOCOL.finals(episodes[2])[0] is episodes[2].turns[3]

@@ -244,3 +244,12 @@ def test_the_shipped_recipe_loads_for_both_stages():
     assert rl.model.warm_start.verdict_accuracy == 0.7
     sft = load_config("self-correct-sft", [], SFTRunConfig)
     assert sft.data.path == rl.traces.path and sft.model.warm_start == rl.model.warm_start
+
+
+def test_intervals_of_counts_are_not_clipped_like_shares():
+    samples = [{"question_id": q, "outcomes": {"attempts": v}} for q, v in [(0, 1.0), (0, 2.0), (1, 2.0), (1, 2.0),
+                                                                            (2, 1.0), (2, 1.0)]]
+    summary = outcome_summary("self_correct", samples)
+    assert summary["self_correct/attempts"] == pytest.approx(1.5)
+    assert summary["self_correct/attempts_lo"] < 1.5 < summary["self_correct/attempts_hi"]
+    assert summary["self_correct/attempts_hi"] > 2.0  # t(0.975, 2) * 0.289 = 1.24 above the mean

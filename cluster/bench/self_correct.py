@@ -7,7 +7,9 @@ Then, per seed, three arms of `steps` RL steps each, evaluated on held-out quest
 
 - "self-correct, both stages": stage 2 (rollout.protocol=self_correct) from the stage-1 model;
 - "self-correct, RL only": the same RL from the warm start (no stage 1);
-- "grpo, 1 round": single-round GRPO from the warm start, with the same prompts per step.
+- "grpo, 1 round": single-round GRPO from the warm start, with the same prompts per step;
+- "grpo, 1 round, same tokens": the same, for as many steps as make its training tokens those of the
+  both-stages run of its seed (self-correction generates more per episode: attempts and verdicts).
 
     python -m cluster.bench.self_correct --seeds 0 1 2 --steps 30
 
@@ -81,11 +83,11 @@ def summarise(by_arm: dict[str, list[dict]]) -> dict:
 
 
 def table(summary: dict) -> str:
-    columns = ["pass@1/start", "pass@1/end", "turn1_accuracy/end", "final_accuracy/end",
+    columns = ["steps", "pass@1/start", "pass@1/end", "turn1_accuracy/end", "final_accuracy/end",
                "delta_incorrect_to_correct/end", "delta_correct_to_incorrect/end", "tokens"]
     lines = [f"{'arm':<28}" + "".join(f"{c:>26}" for c in columns)]
     for arm, figures in summary.items():
-        cells = [f"{figures[c]['mean']:.3f} ±{figures[c]['ci95']:.3f}" if c in figures and c != "tokens"
+        cells = [f"{figures[c]['mean']:.3f} ±{figures[c]['ci95']:.3f}" if c in figures and c not in ("tokens", "steps")
                  else f"{figures[c]['mean']:.0f}" if c in figures else "-" for c in columns]
         lines.append(f"{arm + ' n=' + str(figures['runs']):<28}" + "".join(f"{c:>26}" for c in cells))
     return "\n".join(lines)
@@ -117,6 +119,19 @@ def plot(out: Path, run_dirs: dict[str, list[Path]]) -> Path:
     return path
 
 
+def slug(arm: str) -> str:
+    return arm.replace(",", "").replace(" ", "-")
+
+
+def run_arm(out: Path, arm: str, seed: int, arguments: list[str], steps: int) -> dict | None:
+    run_dir = out / slug(arm) / f"seed{seed}"
+    record = run_one(run_dir, arguments, steps)
+    figures = run_figures(run_dir, steps) if record["returncode"] == 0 else None
+    print(f"seed {seed}, {arm}: " + (f"pass@1 {figures['pass@1/start']:.3f} -> {figures['pass@1/end']:.3f}"
+                                      if figures else f"FAILED: {run_dir / 'benchmark.log'}"), flush=True)
+    return figures
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -131,18 +146,20 @@ def main(argv: list[str] | None = None) -> dict:
     by_arm: dict[str, list[dict]] = {}
     run_dirs: dict[str, list[Path]] = {}
     for seed in args.seeds:
-        for arm, extra in arms(model).items():
-            run_dir = out / arm.replace(",", "").replace(" ", "-") / f"seed{seed}"
-            arguments = ["--config", CONFIG, f"steps={args.steps}", f"eval.every={args.every}",
-                         f"rollout.seed={seed}", f"learner.seed={seed}", f"data.shuffle_seed={seed}",
-                         "checkpoint.every=0", *extra, *args.overrides]
-            record = run_one(run_dir, arguments, args.steps)
-            figures = run_figures(run_dir, args.steps) if record["returncode"] == 0 else None
-            print(f"seed {seed}, {arm}: " + (f"pass@1 {figures['pass@1/start']:.3f} -> {figures['pass@1/end']:.3f}"
-                                              if figures else f"FAILED: {run_dir / 'benchmark.log'}"), flush=True)
+        common = [f"eval.every={args.every}", f"rollout.seed={seed}", f"learner.seed={seed}",
+                  f"data.shuffle_seed={seed}", "checkpoint.every=0", *args.overrides]
+        plan = [(arm, extra, args.steps) for arm, extra in arms(model).items()]
+        done: dict[str, dict] = {}
+        while plan:
+            arm, extra, steps = plan.pop(0)
+            figures = run_arm(out, arm, seed, ["--config", CONFIG, f"steps={steps}", *common, *extra], steps)
             if figures:
-                by_arm.setdefault(arm, []).append(figures)
-                run_dirs.setdefault(arm, []).append(run_dir)
+                done[arm] = figures
+                by_arm.setdefault(arm, []).append(figures | {"steps": steps})
+                run_dirs.setdefault(arm, []).append(out / slug(arm) / f"seed{seed}")
+            if arm == "grpo, 1 round" and figures and "self-correct, both stages" in done:
+                matched = round(args.steps * done["self-correct, both stages"]["tokens"] / figures["tokens"])
+                plan.append(("grpo, 1 round, same tokens", SINGLE, matched))
     traces = json.loads((out / "stage1" / "traces" / "traces.summary.json").read_text())
     results = {"config": CONFIG, "steps": args.steps, "seeds": args.seeds, "overrides": args.overrides,
                "stage1": traces, "arms": summarise(by_arm)}

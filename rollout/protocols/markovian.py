@@ -91,11 +91,11 @@ def markovian_rollout(generate: Generate, questions: Sequence[str], spec: Markov
 
 
 def outcomes(episode: Episode, correct: dict[int, bool | None]) -> dict[str, float | None]:
-    """Rounds used (per chain, averaged over the episode's chains) and the share of its chains that answered
-    before their last allowed round."""
+    """Rounds used (per chain, averaged over the episode's chains) and the share of its chains that answered in
+    a round that could have handed on (before the last allowed one)."""
     chains = [[episode.root, *chain] for chain in episode.chains()] or [[episode.root]]
-    return {"rounds": sum(map(len, chains)) / len(chains),
-            "answered": sum(answered(chain[-1].completion.text) for chain in chains) / len(chains)}
+    early = [OPEN_FORMAT in chain[-1].message and answered(chain[-1].completion.text) for chain in chains]
+    return {"rounds": sum(map(len, chains)) / len(chains), "answered_early": sum(early) / len(chains)}
 
 
 def _check(settings) -> None:
