@@ -63,6 +63,9 @@ BEFORE_RECORDED = {
     "rollout.max_rounds": 4,
     "rollout.carry": "progress",
     "rollout.carry_tokens": 32,
+    # No run before dynamic sampling refilled a step.
+    "rollout.dynamic_sampling": False,
+    "rollout.dynamic_sampling_max_refills": 3,
 }
 # Recorded with them, checked by `layout_mismatches`: how the learner's DeepSpeed state lies on disk. At ZeRO 0
 # the optimizer state is whole in rank 0's file and DeepSpeed loads it on any number of ranks (tested: a 2-rank

@@ -123,6 +123,11 @@ class RolloutConfig:
     max_rounds: int = field(default=4, metadata=RESUME)
     carry: str = field(default="progress", metadata=RESUME)
     carry_tokens: int = field(default=32, metadata=RESUME)
+    # DAPO's dynamic sampling: a group whose episodes all scored alike is dropped and batches of B fresh prompts
+    # are sampled, at most dynamic_sampling_max_refills a step, until B groups that differ are kept; past the
+    # bound the step trains the groups it has (0: drop the groups, sample nothing more)
+    dynamic_sampling: bool = field(default=False, metadata=RESUME)
+    dynamic_sampling_max_refills: int = field(default=3, metadata=RESUME)
     max_model_len: int = 1024
     # GPU: the share of the GPU's memory the engine may use (weights + KV cache); None: 0.9, or 0.5 when
     # colocated with a learner rank. CPU: kv_cache_mb is the KV cache (None: 64); on GPU it overrides the share.
@@ -184,6 +189,8 @@ class RolloutConfig:
             raise ConfigError(f"rollout.kv_cache_mb must be >= 1, got {r.kv_cache_mb}")
         if r.max_num_seqs is not None and r.max_num_seqs < 1:
             raise ConfigError(f"rollout.max_num_seqs must be >= 1, got {r.max_num_seqs}")
+        if r.dynamic_sampling_max_refills < 0:
+            raise ConfigError(f"rollout.dynamic_sampling_max_refills must be >= 0, got {r.dynamic_sampling_max_refills}")
         if not r.request_timeout_s > 0:
             raise ConfigError(f"rollout.request_timeout_s must be > 0, got {r.request_timeout_s}")
 

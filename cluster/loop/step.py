@@ -9,14 +9,14 @@ import random
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from cluster.config import RunConfig
 from cluster.evaluation import mean_outcomes, protocol_outcomes
 from cluster.tasks.data import Problem
 from learner.records import TrainSample
-from rewards import Reward, RewardSample, score_samples
+from rewards import Reward, RewardSample, Scored, score_samples
 from rollout.engine import ABORTED, PROMPT_TOO_LONG
 from rollout.protocols import Protocol, protocol_name
 from rollout.protocols.motif import MotifSpec, motif_response_format
@@ -94,21 +94,26 @@ def rollout_stats(episodes: list[Episode]) -> dict:
     }
 
 
-def write_samples(path: Path, step: int, batch: list[Problem], episodes: list[Episode], protocol: Protocol,
-                  totals: list[float], advantages: list[float]) -> None:
-    """Every episode of a step, turn by turn (role, parent, text, sampler): what was sampled, by which worker
-    under which adapter, and what it earned."""
+def sample_record(step: int, batch: list[Problem], e: Episode, protocol: Protocol, total: float,
+                  advantage: float | None) -> dict:
+    """One episode, turn by turn (role, parent, text, sampler): what was sampled, by which worker under which
+    adapter, and what it earned."""
+    root = e.root.completion
+    return {
+        "step": step, "prompt": e.prompt_index, "question_id": batch[e.prompt_index].row,
+        "response": protocol.response(e).completion.text,
+        "finals": [t.completion.text for t in protocol.finals(e)], "reward": total, "advantage": advantage,
+        "worker": root.worker, "adapter_version": root.adapter_version, "adapter_digest": root.adapter_digest,
+        "turns": e.to_json(),
+    }
+
+
+def write_samples(path: Path, records: list[dict]) -> None:
+    """Every episode of a step, one line each."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w") as f:
-        for e, total, advantage in zip(episodes, totals, advantages):
-            root = e.root.completion
-            f.write(json.dumps({
-                "step": step, "prompt": e.prompt_index, "question_id": batch[e.prompt_index].row,
-                "response": protocol.response(e).completion.text,
-                "finals": [t.completion.text for t in protocol.finals(e)], "reward": total, "advantage": advantage,
-                "worker": root.worker, "adapter_version": root.adapter_version, "adapter_digest": root.adapter_digest,
-                "turns": e.to_json(),
-            }) + "\n")
+        for record in records:
+            f.write(json.dumps(record) + "\n")
 
 
 # The FORMATS entry of a turn that ends in the final answer (MOTIF's last round).
@@ -130,6 +135,7 @@ class StepParts:
     scores_answers: bool  # the credit reads each final answer's score (learner.credit.SCORES_ANSWERS)
     samples_dir: Path
     colocated: bool  # engines and learner ranks share GPUs: they take turns
+    problems: list[Problem] = field(default_factory=list)  # what rollout.dynamic_sampling's refills draw from
 
 
 @dataclass
@@ -139,35 +145,139 @@ class StepResult:
     skipped_because: str | None = None  # why nothing was trained
 
 
-def rollout(parts: StepParts, batch: list[Problem], step: int) -> tuple[list[Episode], dict, Counter]:
-    """The batch's episodes that a step may train on, the pool's counters, and what was dropped."""
+def rollout(parts: StepParts, batch: list[Problem], step: int, *refill) -> tuple[list[Episode], dict, Counter]:
+    """The batch's episodes that a step may train on, the pool's counters, and what was dropped. `refill`
+    ("refill", i) names a dynamic-sampling refill, whose seeds are its own."""
     pool, r = parts.pool, parts.config.rollout
-    pool.begin("train", step)
+    pool.begin("train", step, *refill)
     sampled = parts.protocol.rollout(pool.generate, [p.question for p in batch], parts.spec)
     continuation_digest = pool.digest if r.continuation_policy == "current" else ""
     episodes, dropped = attested(sampled, pool.digest, continuation_digest)
     return episodes, pool.take_counters(), dropped
 
 
+def score(parts: StepParts, batch: list[Problem], episodes: list[Episode]) -> Scored:
+    """Each episode's reward, and each answer's score where the credit reads it (each answer scored once)."""
+    answers_scored = parts.scores_answers and any(e.chains() for e in episodes)
+    return score_samples(parts.rewards, reward_samples(episodes, batch, parts.protocol, parts.spec),
+                         final_format=FINAL_FORMAT if answers_scored else None)
+
+
+def figures(parts: StepParts, batch: list[Problem], episodes: list[Episode], scored: Scored) -> dict:
+    """The rewards', the rollout's and the protocol's figures of a batch."""
+    r = parts.config.rollout
+    outcomes = protocol_outcomes(parts.protocol, episodes, [batch[e.prompt_index].gold for e in episodes])
+    return {**scored.metrics, **rollout_stats(episodes), **mean_outcomes(protocol_name(r.protocol, r.rounds), outcomes)}
+
+
+def credit(parts: StepParts, episodes: list[Episode], totals: list[float],
+           finals: list[list[float | None]] | None) -> tuple[list[float], list[TrainSample]]:
+    """Advantages within each prompt's group, and the samples to train."""
+    norm_by_std = parts.config.learner.norm_adv_by_std
+    advantages = parts.estimator(totals, [e.prompt_index for e in episodes], norm_by_std=norm_by_std).tolist()
+    # One-turn episodes (a single round) have no answer turns below the root to score.
+    finals = finals if finals is not None else [[] for _ in episodes]
+    samples = parts.credit(episodes, advantages, estimator=parts.estimator, norm_by_std=norm_by_std,
+                           **({"final_scores": finals} if parts.scores_answers else {}))
+    return advantages, samples
+
+
 def score_and_credit(parts: StepParts, batch: list[Problem], episodes: list[Episode],
                      step: int) -> tuple[list[TrainSample], dict]:
-    """Rewards (each answer scored once), advantages within each prompt's group, the step's samples.jsonl, and
-    the samples to train."""
-    cfg = parts.config
-    answers_scored = parts.scores_answers and any(e.chains() for e in episodes)
-    scored = score_samples(parts.rewards, reward_samples(episodes, batch, parts.protocol, parts.spec),
-                           final_format=FINAL_FORMAT if answers_scored else None)
-    advantages = parts.estimator(
-        scored.totals, [e.prompt_index for e in episodes], norm_by_std=cfg.learner.norm_adv_by_std).tolist()
-    write_samples(parts.samples_dir / f"step-{step}.jsonl", step, batch, episodes, parts.protocol, scored.totals,
-                  advantages)
-    # One-turn episodes (a single round) have no answer turns below the root to score.
-    finals = scored.finals if answers_scored else [[] for _ in episodes]
-    samples = parts.credit(episodes, advantages, estimator=parts.estimator, norm_by_std=cfg.learner.norm_adv_by_std,
-                           **({"final_scores": finals} if parts.scores_answers else {}))
-    r = cfg.rollout
-    outcomes = protocol_outcomes(parts.protocol, episodes, [batch[e.prompt_index].gold for e in episodes])
-    return samples, {**scored.metrics, **rollout_stats(episodes), **mean_outcomes(protocol_name(r.protocol, r.rounds), outcomes)}
+    """Rewards, advantages within each prompt's group, the step's samples.jsonl, and the samples to train."""
+    scored = score(parts, batch, episodes)
+    advantages, samples = credit(parts, episodes, scored.totals, scored.finals)
+    write_samples(parts.samples_dir / f"step-{step}.jsonl",
+                  [sample_record(step, batch, e, parts.protocol, total, advantage)
+                   for e, total, advantage in zip(episodes, scored.totals, advantages)])
+    return samples, figures(parts, batch, episodes, scored)
+
+
+@dataclass
+class Sampled:
+    """One batch of a dynamically sampled step, scored, with the prompts whose group carries a signal."""
+
+    batch: list[Problem]
+    episodes: list[Episode]
+    scored: Scored
+    signal: list[int]
+
+
+def with_signal(episodes: list[Episode], scored: Scored) -> list[int]:
+    """The prompts whose group's rewards differ, or where the credit trains the answer turns by their scores
+    (every_round), one of whose episodes' answers scored differently: the rest would be trained with advantage 0
+    throughout. A prompt whose every episode failed has no group."""
+    rewards, answers = {}, set()
+    for i, e in enumerate(episodes):
+        rewards.setdefault(e.prompt_index, set()).add(scored.totals[i])
+        if scored.finals is not None and len({s for s in scored.finals[i] if s is not None}) > 1:
+            answers.add(e.prompt_index)
+    return [g for g in sorted(rewards) if len(rewards[g]) > 1 or g in answers]
+
+
+def scored_batch(parts: StepParts, batch: list[Problem], episodes: list[Episode]) -> Sampled:
+    scored = score(parts, batch, episodes) if episodes else Scored([], {})
+    return Sampled(batch, episodes, scored, with_signal(episodes, scored))
+
+
+def refill_batch(problems: list[Problem], taken: set[Problem], size: int, seed: int, step: int,
+                 i: int) -> list[Problem]:
+    """Refill `i` of `step`: up to `size` problems the step has not sampled yet, drawn by a stream of its own
+    (the data seed, the step and i), so a resume draws what the uninterrupted run did and the steps' own
+    batches (prompt_batch) are where they were."""
+    fresh = [p for p in problems if p not in taken]
+    return random.Random(f"{seed}:refill:{step}:{i}").sample(fresh, min(size, len(fresh)))
+
+
+def sample_dynamically(parts: StepParts, batch: list[Problem], episodes: list[Episode], counters: dict,
+                       dropped: Counter, step: int) -> tuple[list[TrainSample], dict]:
+    """DAPO's dynamic sampling (rollout.dynamic_sampling): the groups that scored alike are dropped and batches
+    of B fresh prompts sampled, at most rollout.dynamic_sampling_max_refills, until B groups with a signal are
+    kept (the first B, in the order sampled); past the bound the step trains those it has. The estimator sees
+    the kept groups alone. samples.jsonl holds every batch; the reward and outcome figures are the step's own
+    batch's, as with the option off. `counters` and `dropped` grow by the refills'."""
+    r = parts.config.rollout
+    rounds = [scored_batch(parts, batch, episodes)]
+    metrics = figures(parts, batch, episodes, rounds[0].scored) if episodes else {}
+    taken, t0 = set(batch), time.perf_counter()
+    while sum(len(s.signal) for s in rounds) < r.prompts_per_step and len(rounds) <= r.dynamic_sampling_max_refills:
+        batch = refill_batch(parts.problems, taken, r.prompts_per_step, parts.config.data.shuffle_seed, step,
+                             len(rounds))
+        if not batch:
+            break  # the step has sampled every problem
+        taken.update(batch)
+        episodes, more, lost = rollout(parts, batch, step, "refill", len(rounds))
+        counters.update({key: counters[key] + value for key, value in more.items()})
+        dropped.update(lost)
+        rounds.append(scored_batch(parts, batch, episodes))
+    # The kept groups, numbered as one batch: (batch index, prompt) -> prompt in the trained batch.
+    kept: dict[tuple[int, int], int] = {}
+    for i, s in enumerate(rounds):
+        for g in s.signal[:r.prompts_per_step - len(kept)]:
+            kept[i, g] = len(kept)
+    trained, episodes, totals, finals = [], [], [], []
+    for i, s in enumerate(rounds):
+        for j, e in enumerate(s.episodes):
+            if (i, e.prompt_index) in kept:
+                trained.append((i, j))
+                episodes.append(replace(e, prompt_index=kept[i, e.prompt_index]))
+                totals.append(s.scored.totals[j])
+                finals.append(s.scored.finals[j] if s.scored.finals is not None else [])
+    advantages, samples = credit(parts, episodes, totals, finals)
+    advantage = dict(zip(trained, advantages))
+    # Dropped episodes keep their batch's numbering, with no advantage and why they were not trained.
+    write_samples(parts.samples_dir / f"step-{step}.jsonl", [
+        {**sample_record(step, s.batch, e, parts.protocol, s.scored.totals[j], advantage.get((i, j))), "batch": i,
+         "dropped": None if (i, e.prompt_index) in kept else "surplus" if e.prompt_index in s.signal else "degenerate"}
+        for i, s in enumerate(rounds) for j, e in enumerate(s.episodes)])
+    metrics.update({
+        "rollout/degenerate_groups": float(sum(len({e.prompt_index for e in s.episodes}) - len(s.signal)
+                                               for s in rounds)),
+        "rollout/refill_batches": float(len(rounds) - 1), "rollout/kept_groups": float(len(kept)),
+        "rollout/refill_exhausted": float(len(kept) < r.prompts_per_step),
+        "time_refill": time.perf_counter() - t0,
+    })
+    return samples, metrics
 
 
 def train_and_push(parts: StepParts, samples: list[TrainSample], version: int) -> dict:
@@ -195,18 +305,22 @@ def run_step(parts: StepParts, batch: list[Problem], step: int) -> StepResult:
     t0 = time.perf_counter()
     episodes, counters, dropped = rollout(parts, batch, step)
     t1 = time.perf_counter()
+    dynamic = parts.config.rollout.dynamic_sampling
+    samples, scored = [], {}
+    if dynamic:
+        samples, scored = sample_dynamically(parts, batch, episodes, counters, dropped, step)
+    elif episodes:
+        samples, scored = score_and_credit(parts, batch, episodes, step)
+    t2 = time.perf_counter()
     metrics = {**counters, "rollout/stale_dropped": float(dropped["stale"]),
                "rollout/failed_samples": float(dropped["failed"]),
-               "rollout/dropped_continuations": float(dropped["dropped_continuations"])}
-    samples = []
-    if episodes:
-        samples, scored = score_and_credit(parts, batch, episodes, step)
-        metrics.update(scored)
-    t2 = time.perf_counter()
-    metrics.update(time_rollout=t1 - t0, time_reward=t2 - t1)
+               "rollout/dropped_continuations": float(dropped["dropped_continuations"]),
+               **scored, "time_rollout": t1 - t0, "time_reward": t2 - t1}
     if samples:
         return StepResult({**metrics, **train_and_push(parts, samples, step)}, trained=True)
-    # Nothing to learn from (every prompt too long, or every generation failed).
-    why = (f"all {len(batch)} prompts exceed rollout.max_model_len" if episodes else
-           f"no usable sample ({dropped['failed']} failed, {dropped['stale']} stale)")
+    # Nothing to learn from (every prompt too long, every generation failed, or every group scored alike).
+    unusable = f"{dropped['failed']} failed, {dropped['stale']} stale"
+    why = (f"no group's rewards differed in {1 + int(scored['rollout/refill_batches'])} batches ({unusable})"
+           if dynamic else f"all {len(batch)} prompts exceed rollout.max_model_len" if episodes else
+           f"no usable sample ({unusable})")
     return StepResult({**metrics, "skipped_step": 1.0}, trained=False, skipped_because=why)

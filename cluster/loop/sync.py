@@ -59,7 +59,8 @@ def train(config: RunConfig, resume: str | None = None) -> Path:
         run.start(model_path)
         parts = StepParts(config, run.pool, run.learner, run_protocol(config), spec, rewards,
                           ADVANTAGE_ESTIMATORS[config.learner.advantage_estimator], CREDIT[config.learner.credit],
-                          config.learner.credit in SCORES_ANSWERS, run_dir / "samples", colocated_on_gpu(config))
+                          config.learner.credit in SCORES_ANSWERS, run_dir / "samples", colocated_on_gpu(config),
+                          problems)
         held_out = HeldOutEval(config, run.pool, spec, run_dir)
         state = {"step": 0, "adapter_version": 0, "metrics_offset": 0, "eval_history": []}
         if checkpoint is not None:
