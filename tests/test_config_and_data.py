@@ -40,6 +40,10 @@ def test_demo_config_loads_and_overrides_apply():
     ("learner.policy_loss=dpo", "policy_loss 'dpo' is not one of"),
     ("learner.loss_aggregation=seq_mean_token_sum_norm", "set learner.loss_scale_tokens"),
     ("learner.kl_estimator=k4", "kl_estimator 'k4'"),
+    ("reward.motivation=[unclosed", "its value is not valid YAML"),
+    ("model.warm_start.verdict_accuracy=2", r"verdict_accuracy must be in \[0, 1\]"),
+    ("model.warm_start.markovian_rounds=0", "markovian_rounds must be >= 1"),
+    ("traces.max_tries=0", "traces.max_tries must be >= 1"),
 ])
 def test_invalid_config_is_named(override, message):
     with pytest.raises(ConfigError, match=message):

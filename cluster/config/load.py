@@ -92,7 +92,12 @@ def apply_override(raw: dict, override: str) -> None:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise ConfigError(f"override {override!r}: {part} is not a section")
-    node[leaf] = yaml.safe_load(text)
+    try:
+        node[leaf] = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        where = getattr(e, "problem", None) or "not YAML"
+        raise ConfigError(f"override {override!r}: its value is not valid YAML ({where}); quote it, e.g. "
+                          f"{key}='...'") from None
 
 
 # --- `--config NAME`: the configs shipped inside the package, found from any directory ---
