@@ -40,6 +40,7 @@ def test_demo_config_loads_and_overrides_apply():
     ("learner.policy_loss=dpo", "policy_loss 'dpo' is not one of"),
     ("learner.loss_aggregation=seq_mean_token_sum_norm", "set learner.loss_scale_tokens"),
     ("learner.kl_estimator=k4", "kl_estimator 'k4'"),
+    ("learner.tis_cap=0", "learner.tis_cap must be > 0"),
 ])
 def test_invalid_config_is_named(override, message):
     with pytest.raises(ConfigError, match=message):
