@@ -132,6 +132,12 @@ class GRPOLearner:
         with self.engine.module.disable_adapter():
             return token_logprobs(self.engine.module, ids, attention, temperature, **chunking), mask
 
+    def _all_sampled(self, samples: Sequence) -> bool:
+        """Whether every sample of the batch, on every rank, carries vLLM's logprobs; a rank without samples
+        agrees, so that all reduce the same metrics."""
+        lacking = int(any(getattr(s, "behaviour_logprobs", None) is None for s in samples))
+        return not (self._group_max(lacking) if self.world_size > 1 else lacking)
+
     def _group_max(self, value: int) -> int:
         import torch.distributed as dist
 
@@ -235,6 +241,14 @@ class GRPOLearner:
         # is exactly 1 and no separate pass is needed.
         old = self._sample_logprobs(samples, plan, with_adapter=True) if "old_logprobs" in needs and len(plan) > 1 else None
         ref = self._sample_logprobs(samples, plan, with_adapter=False) if "ref_logprobs" in needs else None
+        # vLLM's logprobs of what a policy loss trains, where every sample has them: the train/inference mismatch
+        # is measured against the old logprobs (rollout/logprob_diff), and truncated importance sampling reads them.
+        behaviour = {i: torch.tensor(s.behaviour_logprobs, device=self.device) for i, s in enumerate(samples)} \
+            if "old_logprobs" in needs and self._all_sampled(samples) else None
+        if "behaviour_logprobs" in needs and behaviour is None:
+            raise ValueError("learner.tis_cap weighs each token by vLLM's logprob of it, but a trained sample "
+                             "carries none (TrainSample.behaviour_logprobs)")
+        metric_keys = objective.metrics(cfg) + (("rollout/logprob_diff",) if behaviour is not None else ())
         options = objective.options(cfg)
 
         def by_sample(table, indices, mask):
@@ -252,13 +266,20 @@ class GRPOLearner:
                                                     device=self.device)[:, None]
             if ref is not None:
                 inputs["ref_logprobs"] = by_sample(ref, indices, mask)
-            return objective.loss(logprobs, mask, size=size, **inputs, **options)
+            if behaviour is not None:
+                vllm = by_sample(behaviour, indices, mask)
+                if "behaviour_logprobs" in needs:
+                    inputs["behaviour_logprobs"] = vllm
+            loss, stats = objective.loss(logprobs, mask, size=size, **inputs, **options)
+            if behaviour is not None:  # both at the sample's temperature; a token sum, as every metric
+                stats["rollout/logprob_diff"] = ((inputs["old_logprobs"] - vllm).abs() * mask).sum()
+            return loss, stats
 
         self.engine.train()
         totals: dict[str, float] = {}
         grad_norms = []
         for micros, size in plan:
-            sums, grad_norm = self._update(samples, micros, size, micro_loss, objective.metrics(cfg))
+            sums, grad_norm = self._update(samples, micros, size, micro_loss, metric_keys)
             for key, value in sums.items():
                 totals[key] = totals.get(key, 0.0) + value
             if grad_norm is not None:

@@ -52,6 +52,9 @@ class LearnerConfig:
     # seq_mean_token_sum_norm's constant (Dr.GRPO: the generation budget, e.g. rollout.max_tokens)
     loss_scale_tokens: int | None = None
     kl_estimator: str = "k3"  # k1 | k2 | k3 (learner.objectives.kl)
+    # Token-level truncated importance sampling against vLLM's logprobs (learner.objectives.tis): each token's
+    # policy loss weighed by min(exp(old - vLLM), tis_cap); None: off (verl and TRL use 2 to 3)
+    tis_cap: float | None = None
     # `motif dpo` (learner.objectives.dpo): TRL's beta (how far from the reference) and label_smoothing (cDPO)
     dpo_beta: float = 0.1
     dpo_label_smoothing: float = 0.0
@@ -102,6 +105,8 @@ class LearnerConfig:
             raise ValueError(f"learner.credit {self.credit!r} is not one of {sorted(CREDIT)}")
         if self.learning_rate < 0 or self.kl_coef < 0:
             raise ValueError("learner.learning_rate and learner.kl_coef must be >= 0")
+        if self.tis_cap is not None and not self.tis_cap > 0:
+            raise ValueError(f"learner.tis_cap must be > 0 (or null: off), got {self.tis_cap}")
         if not self.dpo_beta > 0 or not 0 <= self.dpo_label_smoothing < 0.5:
             raise ValueError(f"learner.dpo_beta must be > 0 and learner.dpo_label_smoothing in [0, 0.5), got "
                              f"{self.dpo_beta}, {self.dpo_label_smoothing}")

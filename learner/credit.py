@@ -19,7 +19,7 @@ register_credit = registrar(CREDIT)
 
 def _trained(turn: Turn, advantage: float, episode: int) -> TrainSample:
     return TrainSample(turn.completion.prompt_ids, turn.completion.completion_ids, advantage, turn.temperature,
-                       episode=episode)
+                       episode=episode, behaviour_logprobs=turn.completion.logprobs)
 
 
 @register_credit("first_round")
@@ -27,7 +27,8 @@ def first_round(episodes: Sequence[Episode], advantages: Sequence[float], **_) -
     """The root (round 1) of every episode, with its group-normalised advantage. A turn whose advantage is 0
     (its group all scored alike) is trained as every other, under every entry (as verl, TRL and OpenRLHF do):
     it adds no policy gradient, and the token mean counts every sampled turn the same way whatever the credit."""
-    return [TrainSample(e.root.completion.prompt_ids, e.root.completion.completion_ids, a, episode=i)
+    return [TrainSample(e.root.completion.prompt_ids, e.root.completion.completion_ids, a, episode=i,
+                        behaviour_logprobs=e.root.completion.logprobs)
             for i, (e, a) in enumerate(zip(episodes, advantages)) if e.root.completion.completion_ids]
 
 

@@ -15,6 +15,9 @@ class TrainSample:
     temperature: float | None = None  # what it was sampled at (None: the learner's, round 1's)
     # The episode it is a turn of (None: a sample of its own): a mini-batch holds whole episodes.
     episode: int | None = None
+    # vLLM's logprob of each completion token at the temperature it was sampled at (None: not sampled by vLLM,
+    # e.g. a DPO pair): rollout/logprob_diff and truncated importance sampling (learner.tis_cap) read them.
+    behaviour_logprobs: list[float] | None = None
 
 
 @dataclass(frozen=True)

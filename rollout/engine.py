@@ -56,9 +56,11 @@ def engine_args(
     only when given), CUDA graphs on unless `enforce_eager`, and sleep mode for colocated training. CPU: the
     KV cache is `kv_cache_bytes` (64 MiB by default), eager. Prefix caching pays off in MOTIF: the k
     continuations of a sample share their prompt."""
+    # processed_logprobs: each sampled token's logprob after temperature (and top-p), the distribution it was
+    # drawn from, which the learner compares with its own (vLLM's default, raw_logprobs, is before temperature).
     args = dict(model=model, enable_lora=True, max_lora_rank=vllm_lora_rank(max_lora_rank), max_loras=LIVE_ADAPTERS,
                 max_model_len=max_model_len, dtype=dtype, seed=seed, tensor_parallel_size=tensor_parallel_size,
-                enable_prefix_caching=enable_prefix_caching)
+                enable_prefix_caching=enable_prefix_caching, logprobs_mode="processed_logprobs")
     if max_num_seqs:
         args["max_num_seqs"] = max_num_seqs
     if cuda:

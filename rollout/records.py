@@ -23,8 +23,9 @@ class Completion:
     prompt_ids: list[int]
     completion_ids: list[int]
     text: str
-    # vLLM's logprob of each completion token (by default of the model's distribution before temperature and
-    # top-p); for analysis only: the learner computes its own
+    # vLLM's logprob of each completion token under the distribution it was sampled from: after temperature, and
+    # renormalised over the top-p nucleus when top_p < 1 (logprobs_mode=processed_logprobs). The learner's
+    # behaviour logprobs: rollout/logprob_diff and truncated importance sampling (learner.tis_cap) read them
     logprobs: list[float]
     finish_reason: str  # "stop" | "length" | "abort"
     adapter_version: int  # 0 = base model, v > 0 = adapter pushed as version v

@@ -44,6 +44,7 @@ def test_demo_config_loads_and_overrides_apply():
     ("model.warm_start.verdict_accuracy=2", r"verdict_accuracy must be in \[0, 1\]"),
     ("model.warm_start.markovian_rounds=0", "markovian_rounds must be >= 1"),
     ("traces.max_tries=0", "traces.max_tries must be >= 1"),
+    ("learner.tis_cap=0", "learner.tis_cap must be > 0"),
 ])
 def test_invalid_config_is_named(override, message):
     with pytest.raises(ConfigError, match=message):

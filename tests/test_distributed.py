@@ -1,6 +1,7 @@
 """Several learner ranks train as one: a W-rank step equals the 1-rank step on the same batch (ZeRO 0, and
 ZeRO 3 with every tensor really partitioned), with shards so unequal that the ranks hold different numbers of
-samples, micro-batches and logprob chunks, and a mini-batch too small to give every rank a sample."""
+samples, micro-batches and logprob chunks, and a mini-batch too small to give every rank a sample; with
+truncated importance sampling against given behaviour logprobs."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ ADVANTAGE_SCALE = 1.0e4
 CALL_TIMEOUT_S = 300
 OVERRIDES = ["learner.mini_batch_size=6", "learner.micro_batch_size=2", "learner.logprob_chunk_tokens=16",
              "learner.zero3_param_persistence_threshold=0", "learner.learning_rate=0.01", "learner.kl_coef=0.05",
-             "learner.max_grad_norm=1.0e+6", "cluster.learner_threads=1"]
+             "learner.max_grad_norm=1.0e+6", "learner.tis_cap=2", "cluster.learner_threads=1"]
 
 
 def batch(seed: int = 0, count: int = 7) -> list[TrainSample]:
@@ -40,7 +41,10 @@ def unequal_batch() -> list[TrainSample]:
     samples = batch(count=7)
     rng = random.Random(1)
     samples[2] = TrainSample([rng.randrange(3, 500) for _ in range(8)], [rng.randrange(3, 500) for _ in range(60)], 1.0)
-    return [TrainSample(s.prompt_ids, s.completion_ids, s.advantage * ADVANTAGE_SCALE) for s in samples]
+    # "vLLM's" logprobs scattered about the random model's (about -log 512): truncated importance sampling caps
+    # some tokens' weights, and rollout/logprob_diff is reduced over the ranks with the other metrics.
+    return [TrainSample(s.prompt_ids, s.completion_ids, s.advantage * ADVANTAGE_SCALE,
+                        behaviour_logprobs=[-6.2 + rng.gauss(0, 1) for _ in s.completion_ids]) for s in samples]
 
 
 def test_shard_plan_covers_every_sample_once_with_matching_calls():
@@ -105,7 +109,8 @@ def test_two_rank_update_equals_one_rank_update(single_rank, tiny_model, zero_st
     double, double_weights, states = one_step(tiny_model, 2, zero_stage)
     assert single["optimizer_steps"] == double["optimizer_steps"] == 2
     assert single["train_tokens"] == double["train_tokens"]
-    for key in ("loss", "kl", "grad_norm", "clip_frac"):
+    assert 0 < single["tis_capped_frac"] < 1 and single["rollout/logprob_diff"] > 0.1
+    for key in ("loss", "kl", "grad_norm", "clip_frac", "tis_capped_frac", "rollout/logprob_diff"):
         assert double[key] == pytest.approx(single[key], rel=METRIC_TOLERANCE, abs=1e-7), key
     assert single_weights.keys() == double_weights.keys()
     moved = max(float(w.abs().max()) for k, w in single_weights.items() if "lora_B" in k)

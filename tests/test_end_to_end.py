@@ -1,5 +1,6 @@
 """`motif train` as a user runs it: real Ray, vLLM and DeepSpeed on the tiny model, 2 steps, with every kind
-of reward component (format, accuracy, a reward model actor, a user function) and the motivation prompt."""
+of reward component (format, accuracy, a reward model actor, a user function), the motivation prompt and
+truncated importance sampling against vLLM's logprobs."""
 
 from __future__ import annotations
 
@@ -59,11 +60,15 @@ def test_motif_train_two_steps_writes_metrics_and_adapter(tmp_path):
         f"{{name: '{tmp_path / 'my_rewards.py'}:brevity', weight: 0.1}}]"
     )
     run_dir = tmp_path / "run"
-    proc = motif_train(tmp_path, run_dir, f"reward.components={components}", "reward.motivation=true")
+    proc = motif_train(tmp_path, run_dir, f"reward.components={components}", "reward.motivation=true",
+                       "learner.tis_cap=2")
     lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in lines] == [1, 2]
     assert [m["adapter_version"] for m in lines] == [1, 2]
     for m in lines:
+        # vLLM and the learner agree in fp32 on CPU, the base model at step 1 and the pushed adapter at step 2, so
+        # truncated importance sampling weighs every token by 1 within 1e-4 and caps none.
+        assert m["rollout/logprob_diff"] < 1e-4 and m["tis_capped_frac"] == 0.0
         for key in ("reward", "reward/format", "reward/accuracy", "reward/reward_model", "reward/brevity",
                     "loss", "kl", "time_rollout", "time_learn", "time_sync"):
             assert isinstance(m[key], float), key

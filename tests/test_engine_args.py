@@ -26,6 +26,7 @@ def test_cpu_engine_sizes_its_kv_cache_in_bytes_and_passes_vllm_validation(tiny_
     config = EngineArgs(**args).create_engine_config()
     assert config.cache_config.kv_cache_memory_bytes == 64 << 20
     assert config.cache_config.enable_prefix_caching and config.lora_config.max_loras == 2
+    assert config.model_config.logprobs_mode == "processed_logprobs"  # after temperature, as the learner's
     assert "max_num_seqs" not in args  # vLLM's own default for the platform
     bounded = EngineArgs(**args_for(tiny_model, "rollout.max_num_seqs=8")).create_engine_config()
     assert bounded.scheduler_config.max_num_seqs == 8

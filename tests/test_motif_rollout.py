@@ -105,7 +105,7 @@ def test_protocol_config_checks_name_the_keys():
         load_config("tests/configs/smoke.yaml", ["rollout.protocol=single"])
     with pytest.raises(ConfigError, match="rollout.protocol=motif needs rollout.rounds >= 2"):
         load_config("tests/configs/smoke.yaml", ["rollout.protocol=motif", "rollout.rounds=1"])
-    with pytest.raises(ConfigError, match="is not one of motif, self_correct, single"):
+    with pytest.raises(ConfigError, match="is not one of markovian, motif, self_correct, single"):
         load_config("tests/configs/smoke.yaml", ["rollout.protocol=debate"])
     assert load_config("tests/configs/smoke.yaml", ["rollout.rounds=1"]).rollout.protocol is None  # single
 

@@ -22,6 +22,8 @@ OLD = torch.tensor([[-1.1, -3.0, -0.5], [-0.3, -0.5, -9.0]])
 REF = torch.tensor([[-1.2, -2.0, -0.4], [-0.1, -1.5, -9.0]])
 MASK = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
 ADV = torch.tensor([[1.5], [-0.5]])
+# vLLM's logprobs: old - behaviour is 1 (ratio e, above a cap of 2), 0, 0.5 / 0, -0.2 (masked: 3)
+BEHAVIOUR = OLD - torch.tensor([[1.0, 0.0, 0.5], [0.0, -0.2, 3.0]])
 SIZE = MiniBatchSize(tokens=5, sequences=2)
 
 
@@ -72,10 +74,10 @@ def test_sft_loss_is_the_masked_token_mean_nll():
 def test_each_objective_returns_the_metrics_it_declares(name):
     """The declared keys are what every rank reduces: a rank with no sample reports the same ones."""
     objective = OBJECTIVES[name]
-    for config in (LearnerConfig(kl_coef=0.0), LearnerConfig(kl_coef=0.1)):
+    for config in (LearnerConfig(kl_coef=0.0), LearnerConfig(kl_coef=0.1), LearnerConfig(kl_coef=0.1, tis_cap=2.0)):
         needs = objective.needs(config)
-        assert needs <= {"old_logprobs", "ref_logprobs", "advantages"}
-        inputs = {"old_logprobs": OLD, "ref_logprobs": REF, "advantages": ADV}
+        assert needs <= {"old_logprobs", "ref_logprobs", "advantages", "behaviour_logprobs"}
+        inputs = {"old_logprobs": OLD, "ref_logprobs": REF, "advantages": ADV, "behaviour_logprobs": BEHAVIOUR}
         _, metrics = objective.loss(LOGP, MASK, size=SIZE, **{k: inputs[k] for k in needs},
                                     **objective.options(config))
         assert tuple(sorted(metrics)) == tuple(sorted(objective.metrics(config)))
@@ -221,3 +223,58 @@ def test_cispo_keeps_a_gradient_on_clipped_tokens():
                 r = math.exp(float(LOGP[b, t] - OLD[b, t]))
                 assert float(grad[b, t]) == pytest.approx(-min(max(r, 0.8), 1.2) * float(ADV[b, 0]) / 5, abs=1e-6)
 
+
+
+POLICY_LOSSES = sorted(name for name, objective in OBJECTIVES.items() if objective.command == "train")
+
+
+@pytest.mark.parametrize("name", POLICY_LOSSES)
+def test_truncated_is_against_the_learners_own_logprobs_is_the_on_policy_loss(name):
+    """Behaviour = the learner's old logprobs: every weight is exp(0) = 1, so the loss and its gradient are
+    exactly those without truncated importance sampling (for the clipped loss, the closed form)."""
+    objective = OBJECTIVES[name]
+    options = objective.options(LearnerConfig(kl_coef=0.1))
+    runs = []
+    for extra in ({}, {"behaviour_logprobs": OLD.clone(), "tis_cap": 2.0}):
+        logp = LOGP.clone().requires_grad_(True)
+        loss, metrics = objective.loss(logp, MASK, old_logprobs=OLD, advantages=ADV, ref_logprobs=REF, size=SIZE,
+                                       **{**options, **extra})
+        loss.backward()
+        runs.append((loss.detach(), logp.grad, metrics))
+    (plain, plain_grad, _), (weighted, weighted_grad, metrics) = runs
+    assert torch.equal(weighted, plain) and torch.equal(weighted_grad, plain_grad)
+    assert float(metrics["tis_capped_frac"]) == 0
+    if name in ("clipped", "ppo_clip"):
+        assert float(weighted) == pytest.approx(closed_form_clipped(0.2, 0.1, 5)[0], abs=1e-6)
+
+
+def test_truncated_is_caps_the_weight_and_leaves_kl_unweighed():
+    """By hand: the weights exp(old - behaviour) are e (capped at 2), 1, e^0.5 and 1, e^-0.2; the surrogate is
+    weighed, the KL term is not, and the weight carries no gradient (cispo's gradient is -w_tis * w_clip * A)."""
+    from learner.objectives.cispo import cispo_loss
+
+    cap = 2.0
+    weights = [[cap, 1.0, math.exp(0.5)], [1.0, math.exp(-0.2), 0.0]]
+    expected = 0.0
+    for b in range(2):
+        a = float(ADV[b, 0])
+        for t in range(3):
+            if MASK[b, t]:
+                ratio = math.exp(float(LOGP[b, t]) - float(OLD[b, t]))
+                surrogate = max(-a * ratio, -a * min(max(ratio, 0.8), 1.2))
+                d = float(REF[b, t]) - float(LOGP[b, t])
+                expected += weights[b][t] * surrogate + 0.1 * (math.exp(d) - d - 1)
+    loss, metrics = clipped_loss(LOGP, MASK, old_logprobs=OLD, advantages=ADV, ref_logprobs=REF, kl_coef=0.1,
+                                 behaviour_logprobs=BEHAVIOUR, tis_cap=cap, size=SIZE)
+    assert float(loss) == pytest.approx(expected / 5, abs=1e-6)
+    assert float(metrics["tis_capped_frac"]) == 1  # e > 2; the masked token's e^3 is not counted
+
+    logp = LOGP.clone().requires_grad_(True)
+    loss, _ = cispo_loss(logp, MASK, old_logprobs=OLD, advantages=ADV, behaviour_logprobs=BEHAVIOUR, tis_cap=cap,
+                         size=SIZE)
+    loss.backward()
+    for b in range(2):
+        for t in range(3):
+            r = math.exp(float(LOGP[b, t] - OLD[b, t]))
+            clip = min(max(r, 0.8), 1.2)
+            assert float(logp.grad[b, t]) == pytest.approx(-weights[b][t] * clip * float(ADV[b, 0]) / 5, abs=1e-6)

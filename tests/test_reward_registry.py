@@ -68,6 +68,12 @@ FORMAT_CASES = {
          "<reasoning>a <reasoning>b</reasoning><progress>p</progress>",
          "<reasoning>a</reasoning><answer>1</answer>"],
     ),
+    "reasoning_progress_or_answer": (
+        "<reasoning>two steps\nhere</reasoning>\n<progress>after b: x=3</progress>",
+        ["<reasoning>a</reasoning><progress>p</progress><answer>1</answer>",
+         "<reasoning>a</reasoning>",
+         "<progress>p</progress>"],
+    ),
     "reasoning_answer_verify": (
         "<reasoning>2+2\nis 4</reasoning>\n<answer>\\boxed{4}</answer>\n<verify> correct </verify>",
         ["<reasoning>a</reasoning><answer>4</answer><verify>maybe</verify>",

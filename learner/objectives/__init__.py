@@ -6,7 +6,8 @@ the mini-batch loss (aggregated as `aggregation` says, over `size`, the mini-bat
 all ranks) and the sums of its metrics over the micro-batch's tokens. Built in: `clipped` (= `ppo_clip`),
 `gspo`, `cispo` (policy losses), `sft` and `dpo`. `needs(config)` names the inputs beyond
 logprobs and mask: "old_logprobs" (the sampling policy's, for ratios), "ref_logprobs" (the adapter-disabled
-reference), "advantages". `metrics(config)` lists the keys it returns, so that every rank, one with no samples
+reference), "advantages", "behaviour_logprobs" (vLLM's, for truncated importance sampling: `tis.py`, which the
+policy losses share). `metrics(config)` lists the keys it returns, so that every rank, one with no samples
 included, reduces the same ones. `whole_episodes`: its rows are read an episode at a time (`dpo`: a pair), so
 the planner never splits one. `command`: the one that trains with it (`train`'s are `learner.policy_loss`).
 """
