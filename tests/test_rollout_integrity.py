@@ -83,7 +83,7 @@ def test_poison_request_alone_is_aborted_and_aborted_continuations_leave_the_rew
     assert sorted({t.prompt_index for t in kept}) == [1, 2, 3]
     batch = [Problem(q, "4", i) for i, q in enumerate(questions)]
     rewards = build_rewards([RewardTerm("accuracy")], spec.response_format)
-    scored = score_samples(rewards, reward_samples(kept, batch, spec))
+    scored = score_samples(rewards, reward_samples(kept, batch, PROTOCOLS["motif"], spec))
     totals, _ = scored.totals, scored.metrics
     # The ABORT-ONE samples keep one finished continuation, which is right: accuracy 1, not 0.5.
     assert [len(t.chains()) for t in kept if t.prompt_index == 2] == [1, 1]
