@@ -138,3 +138,16 @@ def test_training_every_round_needs_continuations_from_the_trained_policy():
 def test_every_objective_name_in_the_docs_is_accepted(override):
     key, value = override.split("=")
     assert getattr(load_config("cluster/configs/demo.yaml", [override]).learner, key.split(".")[1]) == value
+
+
+def test_settings_written_before_a_field_compare_equal_at_its_default():
+    from cluster.config import without_new_unset
+
+    saved = {"rollout": {"rounds": 3}, "reward": {"components": [{"name": "format"}]}}
+    defaults = {"rollout": {"dynamic_sampling": False, "dynamic_sampling_max_refills": 3}}
+    now = {"rollout": {"rounds": 3, "dynamic_sampling": False, "dynamic_sampling_max_refills": 3, "tis_cap": None},
+           "reward": {"components": [{"name": "format", "overlong_limit": None}]}}
+    assert without_new_unset(saved, now, defaults) == saved
+    changed = {"rollout": {"rounds": 3, "dynamic_sampling": True}, "reward": saved["reward"]}
+    assert without_new_unset(saved, changed, defaults) != saved
+    assert without_new_unset(saved, {**now, "rollout": {**now["rollout"], "dynamic_sampling": False}}) != saved

@@ -37,7 +37,7 @@ from pathlib import Path
 import yaml
 from tqdm import tqdm
 
-from cluster.config import ConfigError, load_config, read_as_now, to_dict, without_new_unset
+from cluster.config import ConfigError, RunConfig, load_config, read_as_now, to_dict, without_new_unset
 from cluster.evaluation import t_quantile
 from rewards.motivation import MODES
 
@@ -106,7 +106,7 @@ def same_config(run_dir: Path, arguments: list[str]) -> bool | None:
         return None
     saved.pop("output_dir", None)
     now.pop("output_dir", None)
-    return saved == without_new_unset(saved, now)
+    return saved == without_new_unset(saved, now, yaml.safe_load(yaml.safe_dump(to_dict(RunConfig()))))
 
 
 def recorded(run_dir: Path, arguments: list[str]) -> dict | None:

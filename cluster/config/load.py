@@ -157,14 +157,18 @@ def to_dict(config: RunConfig) -> dict:
     return dataclasses.asdict(config)
 
 
-def without_new_unset(saved, current):
-    """`current` without the keys that `saved` lacks while they are unset (None) in `current`, at every depth:
-    settings written before an optional field existed compare equal to the same settings now."""
+def without_new_unset(saved, current, defaults=None):
+    """`current` without the keys that `saved` lacks while they are unset (None) in `current`, or, given the
+    schema's `defaults` (a config dict of defaults), at their default, at every depth: settings written before
+    an optional field existed compare equal to the same settings now. (A new field's default keeps what runs
+    did before it, or it would not be the default.)"""
     if isinstance(saved, list) and isinstance(current, list) and len(saved) == len(current):
         return [without_new_unset(was, now) for was, now in zip(saved, current)]  # e.g. the reward terms
     if not (isinstance(saved, dict) and isinstance(current, dict)):
         return current
-    return {k: without_new_unset(saved.get(k), v) for k, v in current.items() if k in saved or v is not None}
+    defaults = defaults if isinstance(defaults, dict) else {}
+    return {k: without_new_unset(saved.get(k), v, defaults.get(k)) for k, v in current.items()
+            if k in saved or not (v is None or (k in defaults and v == defaults[k]))}
 
 
 # Values an older version wrote that read differently now, by dotted key.
