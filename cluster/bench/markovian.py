@@ -26,15 +26,35 @@ from cluster.bench.self_correct import summarise
 CONFIG = "markovian-toy"
 ARMS = {"markovian, at most 3 rounds": ([], "eval.max_rounds"),
         "motif, 3 rounds": (["rollout.protocol=motif", "rollout.rounds=3"], "eval.rounds")}
-HARDER = ["data.toy.operations=10", "data.toy.max_operations=12"]
+HARDER_OPERATIONS = (10, 12)  # more steps than any training question (3 to 9)
+HARDER_QUESTIONS = 128
 
 
-def harder_eval(run_dir: Path, arguments: list[str], bound_key: str, rounds: int) -> dict:
+def harder_questions(out: Path) -> Path:
+    """Held-out toy questions of 10 to 12 steps as a JSONL file: given to eval.path, they leave data.toy (and so
+    the warm start the runs were trained from) as it is."""
+    import dataclasses
+
+    from cluster.config import load_config
+    from cluster.tasks.toy_task import toy_problems
+
+    path = out / "harder.jsonl"
+    if not path.is_file():
+        toy = dataclasses.replace(load_config(CONFIG).data.toy, operations=HARDER_OPERATIONS[0],
+                                  max_operations=HARDER_OPERATIONS[1])
+        out.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(json.dumps({"question": p.question, "answer": p.answer}) + "\n"
+                                for p in toy_problems(toy, "test", HARDER_QUESTIONS)))
+    return path
+
+
+def harder_eval(run_dir: Path, arguments: list[str], bound_key: str, rounds: int, questions: Path) -> dict:
     """The run's adapter on the harder questions with at most `rounds` rounds; its summary."""
     folder = run_dir / f"harder-{rounds}-rounds"
     summary = folder / "summary.json"
     if not summary.is_file():
-        subprocess.run([sys.executable, "-m", "cluster.cli", "eval", *arguments, *HARDER, f"{bound_key}={rounds}",
+        subprocess.run([sys.executable, "-m", "cluster.cli", "eval", *arguments, f"eval.path={questions}",
+                        f"eval.limit={HARDER_QUESTIONS}", "data.gold_format=plain", f"{bound_key}={rounds}",
                         f"eval.adapter={run_dir / 'adapter'}", f"eval.output_dir={folder}",
                         f"output_dir={run_dir}"], check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"},
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -109,12 +129,13 @@ def main(argv: list[str] | None = None) -> dict:
                 print(f"seed {seed}, {arm}: FAILED: {run_dir / 'benchmark.log'}", flush=True)
                 continue
             for label, rounds in (("trained rounds", 3), ("2x rounds", 6)):
-                figures[f"harder pass@1, {label}"] = harder_eval(run_dir, arguments, bound_key, rounds)["pass@1"]
+                figures[f"harder pass@1, {label}"] = harder_eval(run_dir, arguments, bound_key, rounds,
+                                                                 harder_questions(out))["pass@1"]
             print(f"seed {seed}, {arm}: pass@1 {figures['pass@1/start']:.3f} -> {figures['pass@1/end']:.3f}, "
                   f"{figures['tokens_per_sample/end']:.0f} tokens/sample", flush=True)
             by_arm.setdefault(arm, []).append(figures)
     results = {"config": CONFIG, "steps": args.steps, "seeds": args.seeds, "overrides": args.overrides,
-               "harder": HARDER, "arms": summarise(by_arm)}
+               "harder_operations": HARDER_OPERATIONS, "arms": summarise(by_arm)}
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results))
     print(table(results["arms"]))
