@@ -134,6 +134,21 @@ def parse_question(question: str) -> ToyProblem:
     return ToyProblem(int(m[1]), tuple(steps))
 
 
+def worked_steps(problem: ToyProblem, first: int, count: int, value: int, rng: random.Random,
+                 error_rate: float) -> tuple[list[str], int]:
+    """Steps first..first+count-1 written out from `value`, each wrong with probability `error_rate` (a random
+    other digit; later steps continue from it), and the value after them."""
+    written = []
+    for i in range(first, first + count):
+        op, d = problem.steps[i]
+        after = OPERATIONS[op](value, d)
+        if rng.random() < error_rate:
+            after = rng.choice([v for v in range(10) if v != after])
+        written.append(step_text(i, op, d, value, after))
+        value = after
+    return written, value
+
+
 def solution_turns(
     problem: ToyProblem, rounds: int, steps_per_round: int, rng: random.Random, error_rate: float
 ) -> list[tuple[list[dict[str, str]], str]]:
@@ -146,14 +161,7 @@ def solution_turns(
     for round_index in range(1, rounds + 1):
         last = round_index == rounds
         todo = len(problem.steps) - done if last else min(steps_per_round, len(problem.steps) - done)
-        written = []
-        for i in range(done, done + todo):
-            op, d = problem.steps[i]
-            after = OPERATIONS[op](value, d)
-            if rng.random() < error_rate:
-                after = rng.choice([v for v in range(10) if v != after])
-            written.append(step_text(i, op, d, value, after))
-            value = after
+        written, value = worked_steps(problem, done, todo, value, rng, error_rate)
         done += todo
         reasoning = "".join(f" {step}" for step in written) or f" {progress}"
         message = (first_round_message(problem.question, rounds) if round_index == 1
@@ -196,14 +204,7 @@ def markovian_turns(problem: ToyProblem, steps_per_round: int, rng: random.Rando
     turns, value, done, carried = [], problem.start, 0, None
     for round_index in range(1, max_rounds + 1):
         todo = len(problem.steps) - done if round_index == max_rounds else min(steps_per_round, len(problem.steps) - done)
-        written = []
-        for i in range(done, done + todo):
-            op, d = problem.steps[i]
-            after = OPERATIONS[op](value, d)
-            if rng.random() < error_rate:
-                after = rng.choice([v for v in range(10) if v != after])
-            written.append(step_text(i, op, d, value, after))
-            value = after
+        written, value = worked_steps(problem, done, todo, value, rng, error_rate)
         done += todo
         message = markovian.round_message(problem.question, round_index, max_rounds, carried)
         finished = done == len(problem.steps)
