@@ -196,6 +196,7 @@ def start_learner_group(config: RunConfig, model_path: str, resume_hint: str, gr
 
     from learner.actor import LearnerWorker
     from learner.group import LearnerGroup, rendezvous
+    from learner.objectives import OBJECTIVES
 
     c, ranks = config.cluster, config.learner.num_ranks
     placement = (lambda r: in_bundle(group, bundles[r])) if group is not None else (lambda r: {})
@@ -209,4 +210,5 @@ def start_learner_group(config: RunConfig, model_path: str, resume_hint: str, gr
                  rank=rank, world_size=ranks, master=master, use_cuda=c.learner_num_gpus > 0)
 
     return LearnerGroup(make_rank, ranks, config.learner.mini_batch_size, config.learner.micro_batch_size, resume_hint,
-                        master, call_timeout_s=c.learner_timeout_s)
+                        master, call_timeout_s=c.learner_timeout_s,
+                        whole_episodes=OBJECTIVES[config.learner.policy_loss].whole_episodes)

@@ -55,12 +55,14 @@ class LearnerConfig:
     # Token-level truncated importance sampling against vLLM's logprobs (learner.objectives.tis): each token's
     # policy loss weighed by min(exp(old - vLLM), tis_cap); None: off (verl and TRL use 2 to 3)
     tis_cap: float | None = None
-    # `motif dpo` (learner.objectives.dpo): TRL's beta (how far from the reference) and label_smoothing (cDPO)
+    # `motif dpo`, and `motif train` with policy_loss=dpo (learner.objectives.dpo): TRL's beta (how far from the
+    # reference) and label_smoothing (cDPO)
     dpo_beta: float = 0.1
     dpo_label_smoothing: float = 0.0
     # Which rounds are trained (learner.credit.CREDIT): "every_round" (round 1 by future accuracy, and the
     # continuation rounds by their own chain's answer: it held at every difficulty of the learning grid) or
-    # "first_round" (MOTIF as published: round 1 only)
+    # "first_round" (MOTIF as published: round 1 only); "best_worst" (on-policy DPO: each group's best response
+    # against its worst, for policy_loss=dpo)
     credit: str = field(default="every_round", metadata=RESUME)
     seed: int = field(default=0, metadata=RESUME)
 
@@ -91,7 +93,7 @@ class LearnerConfig:
                              f"{self.mini_batch_size}, {self.micro_batch_size}")
         if self.advantage_estimator not in ADVANTAGE_ESTIMATORS:
             raise ValueError(f"learner.advantage_estimator {self.advantage_estimator!r} is not one of {sorted(ADVANTAGE_ESTIMATORS)}")
-        policies = sorted(name for name, objective in OBJECTIVES.items() if objective.command == "train")
+        policies = sorted(name for name, objective in OBJECTIVES.items() if "train" in objective.commands)
         if self.policy_loss not in policies:
             raise ValueError(f"learner.policy_loss {self.policy_loss!r} is not one of {policies}")
         if self.loss_aggregation not in AGGREGATIONS:
@@ -107,6 +109,13 @@ class LearnerConfig:
             raise ValueError("learner.learning_rate and learner.kl_coef must be >= 0")
         if self.tis_cap is not None and not self.tis_cap > 0:
             raise ValueError(f"learner.tis_cap must be > 0 (or null: off), got {self.tis_cap}")
+        if (self.policy_loss == "dpo") != (self.credit == "best_worst"):
+            raise ValueError("learner.policy_loss=dpo trains the pairs that learner.credit=best_worst makes, and only "
+                             f"those: set both or neither, got policy_loss={self.policy_loss}, credit={self.credit}")
+        # dpo's reference term is its own (dpo_beta) and it reads no vLLM logprobs: these would be ignored.
+        if self.policy_loss == "dpo" and (self.kl_coef or self.tis_cap is not None):
+            raise ValueError("learner.kl_coef and learner.tis_cap do not apply to learner.policy_loss=dpo (its "
+                             f"reference term is learner.dpo_beta): set 0 and null, got {self.kl_coef}, {self.tis_cap}")
         if not self.dpo_beta > 0 or not 0 <= self.dpo_label_smoothing < 0.5:
             raise ValueError(f"learner.dpo_beta must be > 0 and learner.dpo_label_smoothing in [0, 0.5), got "
                              f"{self.dpo_beta}, {self.dpo_label_smoothing}")

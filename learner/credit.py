@@ -3,6 +3,10 @@
 `first_round` is MOTIF as published: only round 1 is trained, its advantage from the future accuracy of its
 continuations. Other protocols (self-correction, adaptive rounds) register their own assignment here without
 touching the training loop.
+
+Every entry is called as `credit(episodes, advantages, *, rewards, counts, estimator, norm_by_std[,
+final_scores])`: `rewards` are the episodes' reward totals, and what an entry counts into the dict `counts` is
+logged as credit/<key>.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ def first_round(episodes: Sequence[Episode], advantages: Sequence[float], **_) -
 
 @register_credit("every_round")
 def every_round(episodes: Sequence[Episode], advantages: Sequence[float], *,
-                final_scores: Sequence[Sequence[float | None]], estimator: Callable, norm_by_std: bool
+                final_scores: Sequence[Sequence[float | None]], estimator: Callable, norm_by_std: bool, **_
                 ) -> list[TrainSample]:
     """Round 1 as in `first_round`, and the continuation rounds too: the k chains of a round-1 sample share
     their round-2 prompt, so they form a group, and every round of a chain gets its final answer's score from
@@ -77,6 +81,33 @@ def final_turn(episodes: Sequence[Episode], advantages: Sequence[float], **_) ->
     for i, (e, a) in enumerate(zip(episodes, advantages)):
         last = [t for t in e.turns if t.role == MODEL and t.kind == RESPONSE][-1:]
         samples += [_trained(t, a, i) for t in last if t.completion.completion_ids]
+    return samples
+
+
+@register_credit("best_worst")
+def best_worst(episodes: Sequence[Episode], advantages: Sequence[float], *, rewards: Sequence[float],
+               counts: dict, **_) -> list[TrainSample]:
+    """On-policy DPO (RLMT; TRL's OnlineDPOTrainer with its two samples): in each prompt's group, the root with
+    the highest reward (chosen) against the one with the lowest (rejected), as one episode of two samples in
+    that order, which `dpo` reads as a pair. A tie for either side goes to the earlier episode in sampling
+    order. A group whose rewards are all equal, one left with a single episode included, gives no pair
+    (counted: credit/tied_groups; credit/pairs). Roots with no completion (prompt too long) are left out.
+    Scored at temperature 1, the model itself, as `motif dpo` and TRL score a pair, whatever it was sampled at;
+    the pair carries no advantage and no vLLM logprobs, which dpo does not read."""
+    groups: dict[int, list[int]] = {}
+    for i, e in enumerate(episodes):
+        if e.root.completion.completion_ids:
+            groups.setdefault(e.prompt_index, []).append(i)
+    samples, tied = [], 0
+    for prompt, members in groups.items():
+        # max and min keep the first of equals: the earlier episode.
+        best, worst = max(members, key=lambda i: rewards[i]), min(members, key=lambda i: rewards[i])
+        if rewards[best] == rewards[worst]:
+            tied += 1
+            continue
+        samples += [TrainSample(episodes[i].root.completion.prompt_ids, episodes[i].root.completion.completion_ids,
+                                0.0, temperature=1.0, episode=prompt) for i in (best, worst)]
+    counts.update({"tied_groups": tied, "pairs": len(samples) // 2})
     return samples
 
 

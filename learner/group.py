@@ -29,9 +29,11 @@ def rendezvous() -> str:
 
 class LearnerGroup:
     def __init__(self, make_rank: Callable[[int], ray.actor.ActorHandle], num_ranks: int, mini_batch_size: int,
-                 micro_batch_size: int, resume_hint: str, master: str = "", call_timeout_s: float = 3600.0):
+                 micro_batch_size: int, resume_hint: str, master: str = "", call_timeout_s: float = 3600.0,
+                 whole_episodes: bool = False):
         self.ranks = [make_rank(r) for r in range(num_ranks)]
         self.mini_batch_size, self.micro_batch_size, self.resume_hint = mini_batch_size, micro_batch_size, resume_hint
+        self.whole_episodes = whole_episodes  # the objective reads an episode's rows together (dpo: a pair)
         self.master = master  # the ranks' rendezvous: a file on this machine is removed at shutdown
         self.call_timeout_s = call_timeout_s
 
@@ -64,7 +66,8 @@ class LearnerGroup:
 
     def train_step(self, samples: Sequence[TrainSample], shuffle_seed: str | None = None) -> dict[str, float]:
         """One update over `samples`; `shuffle_seed` decides which episodes share a mini-batch."""
-        local, plans = plan_batch(samples, len(self.ranks), self.mini_batch_size, self.micro_batch_size, shuffle_seed)
+        local, plans = plan_batch(samples, len(self.ranks), self.mini_batch_size, self.micro_batch_size, shuffle_seed,
+                                  self.whole_episodes)
         refs = [rank.train_step.remote(part, plan) for rank, part, plan in zip(self.ranks, local, plans)]
         return self._get(refs, "the update")[0]  # every rank returns the group's sums
 

@@ -225,7 +225,9 @@ def test_cispo_keeps_a_gradient_on_clipped_tokens():
 
 
 
-POLICY_LOSSES = sorted(name for name, objective in OBJECTIVES.items() if objective.command == "train")
+# The policy losses: what `motif train` trains with advantages (dpo, which also trains under it, reads pairs).
+POLICY_LOSSES = sorted(name for name, objective in OBJECTIVES.items()
+                       if "train" in objective.commands and "advantages" in objective.needs(LearnerConfig()))
 
 
 @pytest.mark.parametrize("name", POLICY_LOSSES)

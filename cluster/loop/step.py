@@ -171,26 +171,27 @@ def figures(parts: StepParts, batch: list[Problem], episodes: list[Episode], sco
 
 
 def credit(parts: StepParts, episodes: list[Episode], totals: list[float],
-           finals: list[list[float | None]] | None) -> tuple[list[float], list[TrainSample]]:
-    """Advantages within each prompt's group, and the samples to train."""
+           finals: list[list[float | None]] | None) -> tuple[list[float], list[TrainSample], dict]:
+    """Advantages within each prompt's group, the samples to train, and the credit's counts (credit/<key>)."""
     norm_by_std = parts.config.learner.norm_adv_by_std
     advantages = parts.estimator(totals, [e.prompt_index for e in episodes], norm_by_std=norm_by_std).tolist()
     # One-turn episodes (a single round) have no answer turns below the root to score.
     finals = finals if finals is not None else [[] for _ in episodes]
-    samples = parts.credit(episodes, advantages, estimator=parts.estimator, norm_by_std=norm_by_std,
-                           **({"final_scores": finals} if parts.scores_answers else {}))
-    return advantages, samples
+    counts: dict = {}
+    samples = parts.credit(episodes, advantages, rewards=totals, counts=counts, estimator=parts.estimator,
+                           norm_by_std=norm_by_std, **({"final_scores": finals} if parts.scores_answers else {}))
+    return advantages, samples, {f"credit/{key}": float(value) for key, value in counts.items()}
 
 
 def score_and_credit(parts: StepParts, batch: list[Problem], episodes: list[Episode],
                      step: int) -> tuple[list[TrainSample], dict]:
     """Rewards, advantages within each prompt's group, the step's samples.jsonl, and the samples to train."""
     scored = score(parts, batch, episodes)
-    advantages, samples = credit(parts, episodes, scored.totals, scored.finals)
+    advantages, samples, counts = credit(parts, episodes, scored.totals, scored.finals)
     write_samples(parts.samples_dir / f"step-{step}.jsonl",
                   [sample_record(step, batch, e, parts.protocol, total, advantage)
                    for e, total, advantage in zip(episodes, scored.totals, advantages)])
-    return samples, figures(parts, batch, episodes, scored)
+    return samples, {**figures(parts, batch, episodes, scored), **counts}
 
 
 @dataclass
@@ -263,7 +264,8 @@ def sample_dynamically(parts: StepParts, batch: list[Problem], episodes: list[Ep
                 episodes.append(replace(e, prompt_index=kept[i, e.prompt_index]))
                 totals.append(s.scored.totals[j])
                 finals.append(s.scored.finals[j] if s.scored.finals is not None else [])
-    advantages, samples = credit(parts, episodes, totals, finals)
+    advantages, samples, counts = credit(parts, episodes, totals, finals)
+    metrics.update(counts)
     advantage = dict(zip(trained, advantages))
     # Dropped episodes keep their batch's numbering, with no advantage and why they were not trained.
     write_samples(parts.samples_dir / f"step-{step}.jsonl", [
@@ -318,9 +320,12 @@ def run_step(parts: StepParts, batch: list[Problem], step: int) -> StepResult:
                **scored, "time_rollout": t1 - t0, "time_reward": t2 - t1}
     if samples:
         return StepResult({**metrics, **train_and_push(parts, samples, step)}, trained=True)
-    # Nothing to learn from (every prompt too long, every generation failed, or every group scored alike).
+    # Nothing to learn from (every prompt too long, every generation failed, every group scored alike, or the
+    # credit's counts say why it kept none).
     unusable = f"{dropped['failed']} failed, {dropped['stale']} stale"
+    counted = ", ".join(f"{key} {value:g}" for key, value in scored.items() if key.startswith("credit/"))
     why = (f"no group's rewards differed in {1 + int(scored['rollout/refill_batches'])} batches ({unusable})"
-           if dynamic else f"all {len(batch)} prompts exceed rollout.max_model_len" if episodes else
+           if dynamic else f"learner.credit={parts.config.learner.credit} kept no sample ({counted})"
+           if episodes and counted else f"all {len(batch)} prompts exceed rollout.max_model_len" if episodes else
            f"no usable sample ({unusable})")
     return StepResult({**metrics, "skipped_step": 1.0}, trained=False, skipped_because=why)

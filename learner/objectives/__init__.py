@@ -9,7 +9,7 @@ logprobs and mask: "old_logprobs" (the sampling policy's, for ratios), "ref_logp
 reference), "advantages", "behaviour_logprobs" (vLLM's, for truncated importance sampling: `tis.py`, which the
 policy losses share). `metrics(config)` lists the keys it returns, so that every rank, one with no samples
 included, reduces the same ones. `whole_episodes`: its rows are read an episode at a time (`dpo`: a pair), so
-the planner never splits one. `command`: the one that trains with it (`train`'s are `learner.policy_loss`).
+the planner never splits one. `commands`: those that train with it (`train`'s are `learner.policy_loss`).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ class Objective:
     metrics: Callable[[object], tuple[str, ...]]
     options: Callable[[object], dict]  # the loss's keyword settings from the learner config
     whole_episodes: bool = False
-    command: str = "train"
+    commands: tuple[str, ...] = ("train",)
 
 
 OBJECTIVES: dict[str, Objective] = {}

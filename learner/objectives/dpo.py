@@ -48,5 +48,5 @@ def dpo_loss(logprobs: torch.Tensor, response_mask: torch.Tensor, *, ref_logprob
 register_objective("dpo", Objective(
     loss=dpo_loss, needs=lambda c: frozenset({"ref_logprobs"}), metrics=lambda c: METRICS,
     options=lambda c: {"beta": c.dpo_beta, "label_smoothing": c.dpo_label_smoothing},
-    whole_episodes=True, command="dpo",
+    whole_episodes=True, commands=("dpo", "train"),
 ))

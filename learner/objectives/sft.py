@@ -16,5 +16,5 @@ def sft_loss(logprobs: torch.Tensor, response_mask: torch.Tensor, *, size: MiniB
 
 register_objective("sft", Objective(
     loss=sft_loss, needs=lambda c: frozenset(), metrics=lambda c: (),
-    options=lambda c: {"aggregation": c.loss_aggregation, "scale_tokens": c.loss_scale_tokens}, command="sft",
+    options=lambda c: {"aggregation": c.loss_aggregation, "scale_tokens": c.loss_scale_tokens}, commands=("sft",),
 ))

@@ -122,5 +122,6 @@ def _check(settings) -> None:
                          "rollout.protocol=single)")
 
 
-register_protocol("motif", Protocol(rollout=motif_rollout, check=_check, credits=("first_round", "every_round"),
+register_protocol("motif", Protocol(rollout=motif_rollout, check=_check,
+                                    credits=("first_round", "every_round", "best_worst"),
                                     response_format=lambda settings: motif_response_format(settings.rounds)))

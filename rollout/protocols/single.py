@@ -23,5 +23,6 @@ def _check(settings) -> None:
 
 
 # every_round on one-turn episodes trains the root alone, as first_round does: the default credit serves both.
-register_protocol("single", Protocol(rollout=single_rollout, check=_check, credits=("first_round", "every_round"),
+register_protocol("single", Protocol(rollout=single_rollout, check=_check,
+                                     credits=("first_round", "every_round", "best_worst"),
                                      response_format=lambda settings: motif_response_format(1)))
