@@ -14,6 +14,7 @@ CONSOLE_FIELDS = [
     ("reward/reward_model", "rm", "{:+.3f}"),
     ("loss", "loss", "{:+.4f}"),
     ("kl", "kl", "{:.2e}"),
+    ("dpo/reward_margin", "margin", "{:+.4f}"),
     ("adapter_version", "v", "{:d}"),
     ("time_rollout", "rollout", "{:.1f}s"),
     ("time_reward", "reward", "{:.2f}s"),

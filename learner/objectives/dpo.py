@@ -7,6 +7,8 @@ on sequence logprobs (sums over the completion's tokens):
 averaged over the mini-batch's pairs. eps is TRL's `label_smoothing` (cDPO: the share of pairs taken to be
 mislabelled; 0, plain DPO, by default). The rows come two by two, chosen then rejected: a pair is one episode,
 which the planner keeps whole and in order (`whole_episodes`). `learner.loss_aggregation` does not apply.
+`motif dpo` reads the pairs from a file; `motif train` makes them from the policy's own samples
+(`learner.credit=best_worst`: each group's best response against its worst).
 
 Metrics (TRL's rewards/* and logps/*): the implicit rewards beta (logp - ref) of either side, their margin, the
 share of pairs whose chosen reward is the higher (`dpo/reward_accuracy`), and the policy's sequence logprobs.
