@@ -13,7 +13,8 @@ import pytest
 
 from cluster.config import load_config
 from learner.records import TrainSample
-from tests.test_mask_truncated import Learner, grpo, step
+from tests.test_dynamic_sampling import Learner
+from tests.test_mask_truncated import grpo, step
 
 COEF = 0.5
 

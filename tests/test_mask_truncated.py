@@ -18,6 +18,7 @@ from learner.credit import CREDIT, SCORES_ANSWERS
 from rewards import RewardTerm, build_rewards
 from rollout.protocols import PROTOCOLS, protocol_name
 from rollout.records import Completion
+from tests.test_dynamic_sampling import Learner
 
 GOOD_ANSWER = "<reasoning>r</reasoning><answer>\\boxed{4}</answer>"
 GOOD_PROGRESS = "<reasoning>r</reasoning><progress>p</progress>"
@@ -53,18 +54,6 @@ class ScriptedPool:
 
     def push(self, payload, digest, version):
         pass
-
-
-class Learner:
-    def __init__(self):
-        self.trained = []
-
-    def train_step(self, samples, seed):
-        self.trained.append(samples)
-        return {"loss": 0.0}
-
-    def adapter_payload(self, version):
-        return "digest", b""
 
 
 def step(tmp_path, truncated, *overrides, rounds=1, credit="first_round", learner=None):
