@@ -23,7 +23,7 @@ from rewards.motivation import MOTIVATIONS
 from rollout.engine import ABORTED, PROMPT_TOO_LONG
 from rollout.protocols import PROTOCOLS, Protocol, protocol_name
 from rollout.protocols.motif import MotifSpec
-from rollout.records import RESPONSE, Episode, SamplingSpec
+from rollout.records import RESPONSE, TRUNCATED, Episode, SamplingSpec
 
 QUESTIONS_PER_CALL = 16  # rollout calls per progress-bar tick
 
@@ -234,7 +234,7 @@ def evaluate(pool, problems: list[Problem], spec: MotifSpec, desc: str = "eval",
                 "final": turns.index(rules.finals(e)[0]),  # the turn holding the graded answer
                 "tokens": [len(t.completion.completion_ids) for t in turns],
                 "format_ok": all(FORMATS[f](t.completion.text) for f, t in zip(formats, responses)),
-                "truncated": any(t.completion.finish_reason == "length" for t in turns),
+                "truncated": any(t.completion.finish_reason == TRUNCATED for t in turns),
                 "prompt_too_long": any(t.completion.finish_reason == PROMPT_TOO_LONG for t in turns),
                 "failed": any(t.completion.finish_reason == ABORTED for t in turns),
             })

@@ -16,6 +16,7 @@ from rollout.common import replace_directory, write_files
 from learner.batching import plan_batch
 from learner.objectives import OBJECTIVES
 from learner.objectives.aggregation import MiniBatchSize
+from learner.objectives.kl import kl_estimate
 from learner.policy import load_policy, pad_batch, token_logprobs
 from learner.records import PreferencePair, SFTSample, TrainSample
 from learner.rendezvous import interface_of, rendezvous_address, tcp_store
@@ -211,6 +212,17 @@ class GRPOLearner:
         samples = list(samples)
         logprobs = self._sample_logprobs(samples, self._plan(samples), with_adapter=True)
         return [logprobs[i].tolist() for i in range(len(samples))]
+
+    def sequence_kl(self, samples: Sequence[TrainSample], estimator: str, plan: list | None = None) -> list[float]:
+        """Each completion's per-token KL estimate (`estimator`: learner.objectives.kl) between the current policy
+        and the reference (the adapter disabled), at its sampling temperature, summed over its tokens in float64:
+        learner.kl_in_reward_coef's penalty. In a group, `plan` gives this rank's micro-batches, as in
+        `train_step`."""
+        samples = list(samples)
+        plan = self._plan(samples) if plan is None else plan
+        policy = self._sample_logprobs(samples, plan, with_adapter=True)
+        ref = self._sample_logprobs(samples, plan, with_adapter=False)
+        return [float(kl_estimate(policy[i].double(), ref[i].double(), estimator).sum()) for i in range(len(samples))]
 
     def train_step(self, samples: Sequence[TrainSample], plan: list | None = None) -> dict[str, float]:
         """One update pass of the configured objective (`learner.policy_loss`) over the batch: one optimizer

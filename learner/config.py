@@ -51,7 +51,14 @@ class LearnerConfig:
     loss_aggregation: str = "token_mean"  # how per-token losses become one (learner.objectives.aggregation)
     # seq_mean_token_sum_norm's constant (Dr.GRPO: the generation budget, e.g. rollout.max_tokens)
     loss_scale_tokens: int | None = None
-    kl_estimator: str = "k3"  # k1 | k2 | k3 (learner.objectives.kl)
+    kl_estimator: str = "k3"  # k1 | k2 | k3 (learner.objectives.kl), in the loss and in the reward alike
+    # KL in the reward (verl's algorithm.use_kl_in_reward): each episode's reward less this times the summed
+    # kl_estimator estimate over its trained tokens, policy against reference, before the group normalisation;
+    # 0: off (no extra pass)
+    kl_in_reward_coef: float = 0.0
+    # Leave every trained turn that hit rollout.max_tokens out of the loss (TRL's mask_truncated_completions,
+    # DAPO's overlong filtering); its episode still counts in its group's advantages
+    mask_truncated: bool = False
     # Token-level truncated importance sampling against vLLM's logprobs (learner.objectives.tis): each token's
     # policy loss weighed by min(exp(old - vLLM), tis_cap); None: off (verl and TRL use 2 to 3)
     tis_cap: float | None = None
@@ -107,15 +114,20 @@ class LearnerConfig:
             raise ValueError(f"learner.credit {self.credit!r} is not one of {sorted(CREDIT)}")
         if self.learning_rate < 0 or self.kl_coef < 0:
             raise ValueError("learner.learning_rate and learner.kl_coef must be >= 0")
+        if not self.kl_in_reward_coef >= 0:
+            raise ValueError(f"learner.kl_in_reward_coef must be >= 0 (0: off), got {self.kl_in_reward_coef}")
         if self.tis_cap is not None and not self.tis_cap > 0:
             raise ValueError(f"learner.tis_cap must be > 0 (or null: off), got {self.tis_cap}")
         if (self.policy_loss == "dpo") != (self.credit == "best_worst"):
             raise ValueError("learner.policy_loss=dpo trains the pairs that learner.credit=best_worst makes, and only "
                              f"those: set both or neither, got policy_loss={self.policy_loss}, credit={self.credit}")
         # dpo's reference term is its own (dpo_beta) and it reads no vLLM logprobs: these would be ignored.
-        if self.policy_loss == "dpo" and (self.kl_coef or self.tis_cap is not None):
-            raise ValueError("learner.kl_coef and learner.tis_cap do not apply to learner.policy_loss=dpo (its "
-                             f"reference term is learner.dpo_beta): set 0 and null, got {self.kl_coef}, {self.tis_cap}")
+        if self.policy_loss == "dpo" and (self.kl_coef or self.kl_in_reward_coef or self.tis_cap is not None
+                                          or self.mask_truncated):
+            raise ValueError("learner.kl_coef, kl_in_reward_coef, tis_cap and mask_truncated do not apply to "
+                             "learner.policy_loss=dpo (its reference term is learner.dpo_beta, its pairs are whole "
+                             f"responses): set 0, 0, null and false, got {self.kl_coef}, {self.kl_in_reward_coef}, "
+                             f"{self.tis_cap}, {self.mask_truncated}")
         if not self.dpo_beta > 0 or not 0 <= self.dpo_label_smoothing < 0.5:
             raise ValueError(f"learner.dpo_beta must be > 0 and learner.dpo_label_smoothing in [0, 0.5), got "
                              f"{self.dpo_beta}, {self.dpo_label_smoothing}")

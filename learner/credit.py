@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 
 from rollout.common import registrar
 from learner.records import TrainSample
-from rollout.records import MODEL, RESPONSE, Episode, Turn
+from rollout.records import MODEL, RESPONSE, TRUNCATED, Episode, Turn
 
 CREDIT: dict[str, Callable[..., list[TrainSample]]] = {}
 register_credit = registrar(CREDIT)
@@ -23,7 +23,8 @@ register_credit = registrar(CREDIT)
 
 def _trained(turn: Turn, advantage: float, episode: int) -> TrainSample:
     return TrainSample(turn.completion.prompt_ids, turn.completion.completion_ids, advantage, turn.temperature,
-                       episode=episode, behaviour_logprobs=turn.completion.logprobs)
+                       episode=episode, behaviour_logprobs=turn.completion.logprobs,
+                       truncated=turn.completion.finish_reason == TRUNCATED)
 
 
 @register_credit("first_round")
@@ -32,7 +33,8 @@ def first_round(episodes: Sequence[Episode], advantages: Sequence[float], **_) -
     (its group all scored alike) is trained as every other, under every entry (as verl, TRL and OpenRLHF do):
     it adds no policy gradient, and the token mean counts every sampled turn the same way whatever the credit."""
     return [TrainSample(e.root.completion.prompt_ids, e.root.completion.completion_ids, a, episode=i,
-                        behaviour_logprobs=e.root.completion.logprobs)
+                        behaviour_logprobs=e.root.completion.logprobs,
+                        truncated=e.root.completion.finish_reason == TRUNCATED)
             for i, (e, a) in enumerate(zip(episodes, advantages)) if e.root.completion.completion_ids]
 
 

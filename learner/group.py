@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
@@ -70,6 +71,19 @@ class LearnerGroup:
                                   self.whole_episodes)
         refs = [rank.train_step.remote(part, plan) for rank, part, plan in zip(self.ranks, local, plans)]
         return self._get(refs, "the update")[0]  # every rank returns the group's sums
+
+    def sequence_kl(self, samples: Sequence[TrainSample], estimator: str) -> list[float]:
+        """Each sample's summed KL estimate, policy against reference (GRPOLearner.sequence_kl), in the samples'
+        order; the ranks share the samples as one mini-batch."""
+        # Each sample its own episode, numbered by its place here: every rank's share maps back by it.
+        tagged = [replace(s, episode=i) for i, s in enumerate(samples)]
+        local, plans = plan_batch(tagged, len(self.ranks), max(len(tagged), 1), self.micro_batch_size)
+        refs = [rank.sequence_kl.remote(part, estimator, plan) for rank, part, plan in zip(self.ranks, local, plans)]
+        out = [0.0] * len(tagged)
+        for part, values in zip(local, self._get(refs, "the KL of the rewards")):
+            for s, value in zip(part, values):
+                out[s.episode] = value
+        return out
 
     def adapter_payload(self, version: int) -> tuple[str, ray.ObjectRef]:
         """Digest and object-store reference of the adapter (rank 0's; all ranks take part under ZeRO-3)."""

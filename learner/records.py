@@ -18,6 +18,7 @@ class TrainSample:
     # vLLM's logprob of each completion token at the temperature it was sampled at (None: not sampled by vLLM,
     # e.g. a DPO pair): rollout/logprob_diff and truncated importance sampling (learner.tis_cap) read them.
     behaviour_logprobs: list[float] | None = None
+    truncated: bool = False  # it hit the token limit: learner.mask_truncated leaves it out of the loss
 
 
 @dataclass(frozen=True)

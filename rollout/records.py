@@ -16,6 +16,9 @@ class SamplingSpec:
     seed: int | None = None
 
 
+TRUNCATED = "length"  # the finish reason of a completion that hit its max_tokens
+
+
 @dataclass(frozen=True)
 class Completion:
     """One generated sample and where it came from."""
@@ -27,7 +30,7 @@ class Completion:
     # renormalised over the top-p nucleus when top_p < 1 (logprobs_mode=processed_logprobs). The learner's
     # behaviour logprobs: rollout/logprob_diff and truncated importance sampling (learner.tis_cap) read them
     logprobs: list[float]
-    finish_reason: str  # "stop" | "length" | "abort"
+    finish_reason: str  # "stop" | TRUNCATED ("length": it hit max_tokens) | "abort"
     adapter_version: int  # 0 = base model, v > 0 = adapter pushed as version v
     adapter_digest: str = ""  # sha256 of the adapter files the worker loaded ("" = base model): attestation
     worker: int = -1  # index of the rollout worker that generated it

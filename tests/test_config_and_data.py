@@ -46,6 +46,8 @@ def test_demo_config_loads_and_overrides_apply():
     ("model.warm_start.markovian_rounds=0", "markovian_rounds must be >= 1"),
     ("traces.max_tries=0", "traces.max_tries must be >= 1"),
     ("learner.tis_cap=0", "learner.tis_cap must be > 0"),
+    ("learner.kl_in_reward_coef=-0.1", "learner.kl_in_reward_coef must be >= 0"),
+    ("learner.mask_truncated=sometimes", "learner.mask_truncated: expected true or false"),
 ])
 def test_invalid_config_is_named(override, message):
     with pytest.raises(ConfigError, match=message):

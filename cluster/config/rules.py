@@ -31,6 +31,9 @@ def check_run(config, training: bool) -> None:
                               f"trained (rollout.continuation_policy=current), got {r.continuation_top_p}, "
                               f"{r.continuation_policy!r} (or set learner.credit=first_round to train round 1 "
                               "only)")
+    if training and learner.mask_truncated and protocol == "markovian" and r.carry == "tokens":
+        raise ConfigError("learner.mask_truncated would leave out the rounds that rollout.carry=tokens carries over "
+                          "at rollout.max_tokens by design (use carry=progress, or leave mask_truncated off)")
     for term in config.reward.components:
         if term.name == "overlong":
             try:

@@ -20,7 +20,7 @@ from rewards import Reward, RewardSample, Scored, score_samples
 from rollout.engine import ABORTED, PROMPT_TOO_LONG
 from rollout.protocols import Protocol, protocol_name
 from rollout.protocols.motif import MotifSpec, motif_response_format
-from rollout.records import Episode
+from rollout.records import TRUNCATED, Episode
 
 
 def prompt_batch(problems: list[Problem], size: int, seed: int, index: int) -> list[Problem]:
@@ -87,7 +87,7 @@ def rollout_stats(episodes: list[Episode]) -> dict:
     counted = sorted({key for e in episodes for key in e.stats})
     return {
         "response_length": sum(len(c.completion_ids) for c in roots) / len(roots),
-        "truncated_rate": sum(c.finish_reason == "length" for c in roots) / len(roots),
+        "truncated_rate": sum(c.finish_reason == TRUNCATED for c in roots) / len(roots),
         "prompts_too_long": sum(c.finish_reason == PROMPT_TOO_LONG for c in roots + finals),
         "continuations": len(finals),
         **{f"rollout/{key}": sum(e.stats.get(key, 0) for e in episodes) for key in counted},
@@ -95,16 +95,16 @@ def rollout_stats(episodes: list[Episode]) -> dict:
 
 
 def sample_record(step: int, batch: list[Problem], e: Episode, protocol: Protocol, total: float,
-                  advantage: float | None) -> dict:
+                  advantage: float | None, kl_penalty: float | None = None) -> dict:
     """One episode, turn by turn (role, parent, text, sampler): what was sampled, by which worker under which
-    adapter, and what it earned."""
+    adapter, and what it earned (`reward` before the KL penalty, which learner.kl_in_reward_coef adds)."""
     root = e.root.completion
     return {
         "step": step, "prompt": e.prompt_index, "question_id": batch[e.prompt_index].row,
         "response": protocol.response(e).completion.text,
         "finals": [t.completion.text for t in protocol.finals(e)], "reward": total, "advantage": advantage,
         "worker": root.worker, "adapter_version": root.adapter_version, "adapter_digest": root.adapter_digest,
-        "turns": e.to_json(),
+        "turns": e.to_json(), **({"kl_penalty": kl_penalty} if kl_penalty is not None else {}),
     }
 
 
@@ -183,15 +183,49 @@ def credit(parts: StepParts, episodes: list[Episode], totals: list[float],
     return advantages, samples, {f"credit/{key}": float(value) for key, value in counts.items()}
 
 
+def loss_samples(parts: StepParts, samples: list[TrainSample]) -> list[TrainSample]:
+    """The samples the loss sees: under learner.mask_truncated, not the turns that hit rollout.max_tokens (DAPO's
+    overlong filtering; their episodes still count in their groups' advantages)."""
+    return [s for s in samples if not s.truncated] if parts.config.learner.mask_truncated else samples
+
+
+def kl_in_reward(parts: StepParts, episodes: list[Episode], totals: list[float],
+                 finals: list[list[float | None]] | None) -> tuple[list[float], list[float] | None]:
+    """The rewards the advantages are taken from, and the KL penalties (None: learner.kl_in_reward_coef is 0).
+    Each episode's reward less coef times the summed KL estimate (learner.kl_estimator) between the policy that
+    sampled it and the reference (the adapter disabled) over the tokens the step trains of it: a learner pass
+    with and without the adapter before the group normalisation (verl's use_kl_in_reward)."""
+    coef = parts.config.learner.kl_in_reward_coef
+    if not coef:
+        return totals, None
+    # Which turns a credit trains does not depend on their advantages: zeros pick them out.
+    samples = loss_samples(parts, credit(parts, episodes, [0.0] * len(episodes), finals)[1])
+    sums = [0.0] * len(episodes)
+    if samples:
+        if parts.colocated:
+            parts.pool.sleep()  # the learner's passes need the engines' memory, as its update does
+        for s, kl in zip(samples, parts.learner.sequence_kl(samples, parts.config.learner.kl_estimator)):
+            sums[s.episode] += kl
+    penalties = [coef * kl for kl in sums]
+    return [t - p for t, p in zip(totals, penalties)], penalties
+
+
+def penalty_figures(penalties: list[float] | None) -> dict:
+    return {"reward/kl_penalty": sum(penalties) / len(penalties)} if penalties else {}
+
+
 def score_and_credit(parts: StepParts, batch: list[Problem], episodes: list[Episode],
                      step: int) -> tuple[list[TrainSample], dict]:
-    """Rewards, advantages within each prompt's group, the step's samples.jsonl, and the samples to train."""
+    """Rewards (less the KL penalty, where learner.kl_in_reward_coef is set), advantages within each prompt's
+    group, the step's samples.jsonl, and the samples to train."""
     scored = score(parts, batch, episodes)
-    advantages, samples, counts = credit(parts, episodes, scored.totals, scored.finals)
+    totals, penalties = kl_in_reward(parts, episodes, scored.totals, scored.finals)
+    advantages, samples, counts = credit(parts, episodes, totals, scored.finals)
     write_samples(parts.samples_dir / f"step-{step}.jsonl",
-                  [sample_record(step, batch, e, parts.protocol, total, advantage)
-                   for e, total, advantage in zip(episodes, scored.totals, advantages)])
-    return samples, {**figures(parts, batch, episodes, scored), **counts}
+                  [sample_record(step, batch, e, parts.protocol, total, advantage,
+                                 penalties[i] if penalties else None)
+                   for i, (e, total, advantage) in enumerate(zip(episodes, scored.totals, advantages))])
+    return samples, {**figures(parts, batch, episodes, scored), **penalty_figures(penalties), **counts}
 
 
 @dataclass
@@ -264,12 +298,15 @@ def sample_dynamically(parts: StepParts, batch: list[Problem], episodes: list[Ep
                 episodes.append(replace(e, prompt_index=kept[i, e.prompt_index]))
                 totals.append(s.scored.totals[j])
                 finals.append(s.scored.finals[j] if s.scored.finals is not None else [])
-    advantages, samples, counts = credit(parts, episodes, totals, finals)
+    rewards, penalties = kl_in_reward(parts, episodes, totals, finals)
+    advantages, samples, counts = credit(parts, episodes, rewards, finals)
     metrics.update(counts)
     advantage = dict(zip(trained, advantages))
+    penalty = dict(zip(trained, penalties)) if penalties else {}
     # Dropped episodes keep their batch's numbering, with no advantage and why they were not trained.
     write_samples(parts.samples_dir / f"step-{step}.jsonl", [
-        {**sample_record(step, s.batch, e, parts.protocol, s.scored.totals[j], advantage.get((i, j))), "batch": i,
+        {**sample_record(step, s.batch, e, parts.protocol, s.scored.totals[j], advantage.get((i, j)),
+                         penalty.get((i, j))), "batch": i,
          "dropped": None if (i, e.prompt_index) in kept else "surplus" if e.prompt_index in s.signal else "degenerate"}
         for i, s in enumerate(rounds) for j, e in enumerate(s.episodes)])
     metrics.update({
@@ -277,7 +314,7 @@ def sample_dynamically(parts: StepParts, batch: list[Problem], episodes: list[Ep
                                                for s in rounds)),
         "rollout/refill_batches": float(len(rounds) - 1), "rollout/kept_groups": float(len(kept)),
         "rollout/refill_exhausted": float(len(kept) < r.prompts_per_step),
-        "time_refill": time.perf_counter() - t0,
+        "time_refill": time.perf_counter() - t0, **penalty_figures(penalties),
     })
     return samples, metrics
 
@@ -318,13 +355,17 @@ def run_step(parts: StepParts, batch: list[Problem], step: int) -> StepResult:
                "rollout/failed_samples": float(dropped["failed"]),
                "rollout/dropped_continuations": float(dropped["dropped_continuations"]),
                **scored, "time_rollout": t1 - t0, "time_reward": t2 - t1}
-    if samples:
-        return StepResult({**metrics, **train_and_push(parts, samples, step)}, trained=True)
-    # Nothing to learn from (every prompt too long, every generation failed, every group scored alike, or the
-    # credit's counts say why it kept none).
+    kept = loss_samples(parts, samples)
+    if parts.config.learner.mask_truncated:
+        metrics["rollout/masked_truncated"] = float(len(samples) - len(kept))
+    if kept:
+        return StepResult({**metrics, **train_and_push(parts, kept, step)}, trained=True)
+    # Nothing to learn from (every prompt too long, every generation failed, every group scored alike, every
+    # trained turn truncated, or the credit's counts say why it kept none).
     unusable = f"{dropped['failed']} failed, {dropped['stale']} stale"
     counted = ", ".join(f"{key} {value:g}" for key, value in scored.items() if key.startswith("credit/"))
-    why = (f"no group's rewards differed in {1 + int(scored['rollout/refill_batches'])} batches ({unusable})"
+    why = ("every trained turn hit rollout.max_tokens (learner.mask_truncated)" if samples else
+           f"no group's rewards differed in {1 + int(scored['rollout/refill_batches'])} batches ({unusable})"
            if dynamic else f"learner.credit={parts.config.learner.credit} kept no sample ({counted})"
            if episodes and counted else f"all {len(batch)} prompts exceed rollout.max_model_len" if episodes else
            f"no usable sample ({unusable})")
