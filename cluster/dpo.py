@@ -9,6 +9,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from cluster.config import DPORunConfig
+from cluster.model_card import write_model_card
 from cluster.sft import load_rows, train_offline
 from learner.records import PreferencePair
 
@@ -24,5 +25,6 @@ def run_dpo(config: DPORunConfig) -> Path:
     """Train, then write `<output_dir>/adapter`; returns that folder."""
     learner, out = train_offline(config, "dpo", lambda tokenizer: load_pairs(config, tokenizer), "dpo_step")
     adapter = learner.export_adapter(str(out / "adapter"))
+    write_model_card(adapter, config, "dpo", learner.model_path, out)
     tqdm.write(f"dpo: adapter written to {adapter}")
     return Path(adapter)

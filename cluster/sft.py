@@ -18,6 +18,7 @@ from cluster.config import BadInput, SFTRunConfig, to_dict
 from cluster.console import quiet_driver
 from cluster.tasks.data import LoadReport, json_objects, jsonl_rows
 from cluster.metrics import MetricsLog
+from cluster.model_card import write_model_card
 from cluster.models import resolve_model
 from cluster.tasks.toy_task import ToyConfig
 from learner.records import SFTSample
@@ -121,5 +122,6 @@ def run_sft(config: SFTRunConfig) -> Path:
     """Train, then write `<output_dir>/model` (merged weights + tokenizer); returns that folder."""
     learner, out = train_offline(config, "sft", lambda tokenizer: load_sft_samples(config, tokenizer), "sft_step")
     model = learner.export_model(str(out / "model"))
+    write_model_card(model, config, "sft", learner.model_path, out)
     tqdm.write(f"sft: model written to {model}")
     return Path(model)

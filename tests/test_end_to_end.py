@@ -9,6 +9,8 @@ import os
 import subprocess
 import sys
 
+import yaml
+
 from tests.conftest import REPO
 
 USER_REWARD = '''
@@ -123,3 +125,20 @@ def test_eval_during_training_logs_held_out_metrics(tmp_path):
         assert 0 <= m["eval/pass@1"] <= m["eval/pass@2"] <= 1 and m["eval/samples"] == 6
     assert "eval/pass@1" not in lines[1]
     assert len((run_dir / "eval" / "step-2" / "samples.jsonl").read_text().splitlines()) == 6
+
+    # The adapter is shared as PEFT adapters are: a model card naming its base model and its held-out results,
+    # and it loads with PEFT.
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    card = (run_dir / "adapter" / "README.md").read_text()
+    front = yaml.safe_load(card.split("---")[1])
+    assert front["library_name"] == "peft" and {"motif-rl", "motif", "lora"} <= set(front["tags"])
+    for step in (0, 2):
+        m = lines[step]
+        assert f"| {step} | {m['eval/pass@1']:.3f} | {m['eval/pass@1_lo']:.3f} - {m['eval/pass@1_hi']:.3f} | 6 |" in card
+    assert "- `rollout.rounds`: 2" in card and "max_attempts" not in card
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(front["base_model"], dtype=torch.float32),
+                                      str(run_dir / "adapter"))
+    assert model.peft_config["default"].r == 8

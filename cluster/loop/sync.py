@@ -16,6 +16,7 @@ from cluster.loop.held_out import HeldOutEval
 from cluster.loop.run import Run
 from cluster.loop.step import StepParts, prompt_batch, run_step
 from cluster.metrics import MetricsLog
+from cluster.model_card import write_model_card
 from cluster.models import resolve_model
 from cluster.report import plot_run
 from cluster.spec import response_format, rollout_spec, run_protocol
@@ -98,6 +99,7 @@ def train(config: RunConfig, resume: str | None = None) -> Path:
                 tqdm.write(f"checkpoint: {saved}")
         final = run_dir / "adapter"
         run.learner.export_adapter(str(final))
+        write_model_card(final, config, "train", model_path, run_dir)
         plot = plot_run(run_dir)
         if len(held_out.history) > 1:
             (s0, before), (s1, after) = held_out.history[0], held_out.history[-1]
