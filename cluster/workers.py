@@ -196,7 +196,7 @@ def start_learner_group(config: RunConfig, model_path: str, resume_hint: str, gr
 
     from learner.actor import LearnerWorker
     from learner.group import LearnerGroup, rendezvous
-    from learner.objectives import OBJECTIVES
+    from learner.objectives import reads_whole_episodes
 
     c, ranks = config.cluster, config.learner.num_ranks
     placement = (lambda r: in_bundle(group, bundles[r])) if group is not None else (lambda r: {})
@@ -211,4 +211,4 @@ def start_learner_group(config: RunConfig, model_path: str, resume_hint: str, gr
 
     return LearnerGroup(make_rank, ranks, config.learner.mini_batch_size, config.learner.micro_batch_size, resume_hint,
                         master, call_timeout_s=c.learner_timeout_s,
-                        whole_episodes=OBJECTIVES[config.learner.policy_loss].whole_episodes)
+                        whole_episodes=reads_whole_episodes(config.learner))

@@ -13,8 +13,8 @@ import torch
 from learner.config import LearnerConfig
 from learner.deepspeed_config import deepspeed_config, lr_schedule
 from rollout.common import replace_directory, write_files
-from learner.batching import plan_batch
-from learner.objectives import OBJECTIVES
+from learner.batching import episodes_of, plan_batch
+from learner.objectives import OBJECTIVES, reads_whole_episodes
 from learner.objectives.aggregation import MiniBatchSize
 from learner.objectives.kl import kl_estimate
 from learner.policy import load_policy, pad_batch, token_logprobs
@@ -244,11 +244,15 @@ class GRPOLearner:
 
     def _step(self, samples: list, plan: list | None, objective_name: str) -> dict[str, float]:
         cfg, objective = self.config, OBJECTIVES[objective_name]
+        needs = objective.needs(cfg)
         if plan is None:
             if not samples:
                 raise ValueError(f"{objective_name} step got an empty batch")
-            plan = self._plan(samples, objective.whole_episodes)
-        needs = objective.needs(cfg)
+            plan = self._plan(samples, reads_whole_episodes(cfg, objective_name))
+        # Each sample's episode's trained tokens: the plan keeps an episode's rows on this rank, in one mini-batch.
+        episode_tokens = {i: sum(len(samples[j].completion_ids) for j in rows)
+                          for rows in episodes_of(samples, range(len(samples))).values() for i in rows} \
+            if "episode_tokens" in needs else None
         # Old logprobs: with one mini-batch the policy has not moved when each sample is scored, so the ratio
         # is exactly 1 and no separate pass is needed.
         old = self._sample_logprobs(samples, plan, with_adapter=True) if "old_logprobs" in needs and len(plan) > 1 else None
@@ -278,6 +282,9 @@ class GRPOLearner:
                                                     device=self.device)[:, None]
             if ref is not None:
                 inputs["ref_logprobs"] = by_sample(ref, indices, mask)
+            if episode_tokens is not None:
+                inputs["episode_tokens"] = torch.tensor([episode_tokens[i] for i in indices], dtype=torch.float32,
+                                                        device=self.device)[:, None]
             if behaviour is not None:
                 vllm = by_sample(behaviour, indices, mask)
                 if "behaviour_logprobs" in needs:

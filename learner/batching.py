@@ -73,7 +73,8 @@ def plan_batch(samples: Sequence[TrainSample], ranks: int, mini_batch_size: int,
                 local[r] += [samples[i] for i in units[u]]
             micros_per_rank.append(pack(local_units, micro_batch_size))
         depth = max(len(m) for m in micros_per_rank)
-        size = MiniBatchSize(sum(len(samples[i].completion_ids) for i in mini), len(mini))
+        size = MiniBatchSize(sum(len(samples[i].completion_ids) for i in mini), len(mini),
+                             len(episodes_of(samples, mini)))
         for r, micros in enumerate(micros_per_rank):
             plans[r].append((micros + [[] for _ in range(depth - len(micros))], size))
     return local, plans

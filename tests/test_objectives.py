@@ -137,6 +137,34 @@ def test_learner_reports_the_closed_form_through_deepspeed(ray_session, tiny_mod
         group.shutdown()
 
 
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_the_learner_averages_episodes_by_their_length_through_deepspeed(ray_session, tiny_model, ranks):
+    """episode_mean_token_mean (Delethink's normalisation) on real ranks: samples 0 and 1 are one episode,
+    2 and 3 are one each; with mini-batches of 2 episodes the first holds episodes 0 and 1. At the first step
+    each token's loss is -A of its sample, so a mini-batch's loss is the mean over its episodes of the
+    token-weighted -A, and the reported loss the token-weighted mean of the mini-batches'."""
+    import dataclasses
+
+    import ray
+
+    from cluster.workers import start_learner_group
+
+    config = load_config("tests/configs/smoke.yaml", [
+        f"learner.num_ranks={ranks}", "learner.mini_batch_size=2", "learner.micro_batch_size=1",
+        "learner.learning_rate=0.0", "cluster.learner_threads=1", "learner.loss_aggregation=episode_mean_token_mean"])
+    batch = [dataclasses.replace(s, episode=e) for s, e in zip(samples(), [0, 0, 1, 2])]
+    first = ((-1.5 * 4 + 0.5 * 2) / 6 + -0.25) / 2  # episode 0: 4 + 2 tokens; episode 1: 3 tokens
+    expected = (first * 9 + 1.25 * 1) / 10  # the second mini-batch: episode 2's one token, A = -1.25
+    group = start_learner_group(config, tiny_model, "")
+    try:
+        group.wait_ready(300)
+        assert group.whole_episodes  # an episode's rows reach one rank
+        metrics = group.train_step(batch)
+        assert metrics["loss"] == pytest.approx(expected, abs=1e-6)
+    finally:
+        group.shutdown()
+
+
 def test_advantage_estimators_match_their_closed_forms():
     """Two groups of unequal size, one whose rewards are all equal."""
     from learner.advantages import ADVANTAGE_ESTIMATORS
@@ -165,6 +193,13 @@ def test_aggregations_match_their_closed_forms():
     assert float(aggregate(per_token, MASK, "token_mean", SIZE)) == pytest.approx((1 + 2 + 3 + 4 + 5) / 5)
     assert float(aggregate(per_token, MASK, "seq_mean_token_mean", SIZE)) == pytest.approx((2.0 + 4.5) / 2)
     assert float(aggregate(per_token, MASK, "seq_mean_token_sum_norm", SIZE, 10)) == pytest.approx(15 / (2 * 10))
+    # By episode: both rows one episode of 5 trained tokens, then each its own (the sequence mean).
+    one = torch.tensor([[5.0], [5.0]])
+    assert float(aggregate(per_token, MASK, "episode_mean_token_mean", MiniBatchSize(5, 2, 1), episode_tokens=one)) \
+        == pytest.approx((1 + 2 + 3 + 4 + 5) / 5)
+    own = torch.tensor([[3.0], [2.0]])
+    assert float(aggregate(per_token, MASK, "episode_mean_token_mean", MiniBatchSize(5, 2, 2), episode_tokens=own)) \
+        == pytest.approx((2.0 + 4.5) / 2)
     # A micro-batch's share: the rows of one micro-batch over the whole mini-batch's size.
     share = aggregate(per_token[:1], MASK[:1], "seq_mean_token_mean", SIZE) + \
         aggregate(per_token[1:], MASK[1:], "seq_mean_token_mean", SIZE)

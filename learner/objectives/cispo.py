@@ -20,7 +20,8 @@ def cispo_loss(logprobs: torch.Tensor, response_mask: torch.Tensor, *, old_logpr
                advantages: torch.Tensor, size: MiniBatchSize, ref_logprobs: torch.Tensor | None = None,
                behaviour_logprobs: torch.Tensor | None = None, tis_cap: float | None = None,
                kl_coef: float = 0.0, kl_estimator: str = "k3", clip_low: float = 0.2, clip_high: float = 0.2,
-               aggregation: str = "token_mean", scale_tokens: int | None = None
+               aggregation: str = "token_mean", scale_tokens: int | None = None,
+               episode_tokens: torch.Tensor | None = None
                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     ratio = torch.exp(logprobs - old_logprobs).detach()
     weight = torch.clamp(ratio, 1 - clip_low, 1 + clip_high)
@@ -28,7 +29,7 @@ def cispo_loss(logprobs: torch.Tensor, response_mask: torch.Tensor, *, old_logpr
     metrics = {"clip_frac": ((weight != ratio).to(logprobs.dtype) * response_mask).sum()}
     per_token = with_tis(per_token, metrics, response_mask, old_logprobs, behaviour_logprobs, tis_cap)
     per_token = with_kl(per_token, metrics, logprobs, response_mask, ref_logprobs, kl_coef, kl_estimator)
-    return aggregate(per_token, response_mask, aggregation, size, scale_tokens), metrics
+    return aggregate(per_token, response_mask, aggregation, size, scale_tokens, episode_tokens), metrics
 
 
 register_objective("cispo", Objective(loss=cispo_loss, needs=policy_needs, metrics=policy_metrics,

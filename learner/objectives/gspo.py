@@ -21,7 +21,8 @@ def gspo_loss(logprobs: torch.Tensor, response_mask: torch.Tensor, *, old_logpro
               advantages: torch.Tensor, size: MiniBatchSize, ref_logprobs: torch.Tensor | None = None,
               behaviour_logprobs: torch.Tensor | None = None, tis_cap: float | None = None,
               kl_coef: float = 0.0, kl_estimator: str = "k3", clip_low: float = 3e-4, clip_high: float = 4e-4,
-              aggregation: str = "token_mean", scale_tokens: int | None = None
+              aggregation: str = "token_mean", scale_tokens: int | None = None,
+              episode_tokens: torch.Tensor | None = None
               ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     lengths = response_mask.sum(-1).clamp(min=1)
     sequence_log_ratio = ((logprobs - old_logprobs) * response_mask).sum(-1) / lengths
@@ -30,7 +31,7 @@ def gspo_loss(logprobs: torch.Tensor, response_mask: torch.Tensor, *, old_logpro
     metrics = {"clip_frac": (clipped * response_mask).sum()}
     per_token = with_tis(per_token, metrics, response_mask, old_logprobs, behaviour_logprobs, tis_cap)
     per_token = with_kl(per_token, metrics, logprobs, response_mask, ref_logprobs, kl_coef, kl_estimator)
-    return aggregate(per_token, response_mask, aggregation, size, scale_tokens), metrics
+    return aggregate(per_token, response_mask, aggregation, size, scale_tokens, episode_tokens), metrics
 
 
 register_objective("gspo", Objective(loss=gspo_loss, needs=policy_needs, metrics=policy_metrics,
