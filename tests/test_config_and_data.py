@@ -45,6 +45,10 @@ def test_demo_config_loads_and_overrides_apply():
     ("model.warm_start.markovian_rounds=0", "markovian_rounds must be >= 1"),
     ("traces.max_tries=0", "traces.max_tries must be >= 1"),
     ("learner.tis_cap=0", "learner.tis_cap must be > 0"),
+    ("logging.trackers=[comet]", "logging.trackers must list distinct names of tensorboard, wandb, mlflow"),
+    ("logging.trackers=[wandb, wandb]", "logging.trackers must list distinct names"),
+    ("logging.trackers=wandb", "logging.trackers: expected a list"),
+    ("logging.project=' '", "logging.project must not be empty"),
 ])
 def test_invalid_config_is_named(override, message):
     with pytest.raises(ConfigError, match=message):
