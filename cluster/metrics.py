@@ -1,4 +1,5 @@
-"""Per-step metrics: one console line, one JSON line in the run folder, and TensorBoard scalars of the same names."""
+"""Per-step metrics: one console line, one JSON line in the run folder, and the same scalars in each tracker of
+`logging.trackers` (cluster/trackers.py; TensorBoard by default)."""
 
 from __future__ import annotations
 
@@ -25,18 +26,25 @@ CONSOLE_FIELDS = [
 
 class MetricsLog:
     """`metrics.jsonl` from byte `truncate_at` on: a fresh run starts it empty, a resumed run drops the lines
-    written after its checkpoint and goes on from there. TensorBoard events go to RUN_DIR/tensorboard; a resumed
-    run purges the events from `first_step` on, so both logs hold each step once."""
+    written after its checkpoint and goes on from there. Each of `trackers` gets the numeric metrics; a resumed
+    run passes the tracker runs' ids (`run_ids` of the run it continues) and TensorBoard purges its events from
+    `first_step` on, so both logs hold each step once."""
 
-    def __init__(self, run_dir: Path, echo: bool = True, truncate_at: int = 0, first_step: int = 0):
-        from torch.utils.tensorboard import SummaryWriter
+    def __init__(self, run_dir: Path, echo: bool = True, truncate_at: int = 0, first_step: int = 0,
+                 trackers=("tensorboard",), project: str = "motif-rl", params: dict | None = None,
+                 run_ids: dict | None = None):
+        from cluster.trackers import TRACKERS
 
         self.path = run_dir / "metrics.jsonl"
         self._file = self.path.open("ab")
         self._file.truncate(min(truncate_at, self.path.stat().st_size))
         self.echo = echo  # print a console line per step
-        self.tensorboard_dir = run_dir / "tensorboard"
-        self._board = SummaryWriter(str(self.tensorboard_dir), purge_step=first_step if truncate_at else None)
+        self.trackers = {name: TRACKERS[name](run_dir, project, params or {}, (run_ids or {}).get(name),
+                                              first_step if truncate_at else None) for name in trackers}
+
+    def run_ids(self) -> dict[str, str]:
+        """The tracker runs' ids by tracker, for the checkpoint; empty when no tracker names its run."""
+        return {name: t.run_id for name, t in self.trackers.items() if t.run_id}
 
     def offset(self) -> int:
         return self._file.tell()
@@ -44,10 +52,9 @@ class MetricsLog:
     def log(self, step: int, metrics: dict) -> None:
         self._file.write((json.dumps({"step": step, **metrics}) + "\n").encode())
         self._file.flush()
-        for key, value in metrics.items():
-            if isinstance(value, (int, float)):
-                self._board.add_scalar(key, value, step)
-        self._board.flush()
+        scalars = {key: value for key, value in metrics.items() if isinstance(value, (int, float))}
+        for tracker in self.trackers.values():
+            tracker.log(step, scalars)
         if not self.echo:
             return
         parts = [f"step {step}"]
@@ -57,6 +64,8 @@ class MetricsLog:
         if len(parts) > 1:
             tqdm.write(" | ".join(parts))
 
-    def close(self) -> None:
+    def close(self, ok: bool = True) -> None:
+        """ok: the run ended as planned (a tracker marks its run finished, else failed)."""
         self._file.close()
-        self._board.close()
+        for tracker in self.trackers.values():
+            tracker.close(ok)

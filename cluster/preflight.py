@@ -16,6 +16,7 @@ from cluster.config import BadInput, RunConfig, SFTRunConfig
 from cluster.evaluation import eval_spec, load_eval_problems
 from cluster.spec import rollout_spec
 from cluster.tasks.data import data_file, load_problems
+from cluster.trackers import check_installed
 from rollout.protocols.motif import MotifSpec
 from rollout.records import SamplingSpec
 
@@ -183,6 +184,7 @@ def check_train(config: RunConfig) -> None:
     """The run folder's checkpoints and the `--resume` target are checked by cluster.checkpoint.claim."""
     check_model(config.model.path)
     check_writable(config.output_dir, "output_dir")
+    check_installed(config.logging.trackers)
     for term in config.reward.components:
         if term.name == "reward_model":
             check_model(term.model or "", "reward.components[reward_model].model")

@@ -48,6 +48,10 @@ def test_demo_config_loads_and_overrides_apply():
     ("learner.tis_cap=0", "learner.tis_cap must be > 0"),
     ("learner.kl_in_reward_coef=-0.1", "learner.kl_in_reward_coef must be >= 0"),
     ("learner.mask_truncated=sometimes", "learner.mask_truncated: expected true or false"),
+    ("logging.trackers=[comet]", "logging.trackers must list distinct names of tensorboard, wandb, mlflow"),
+    ("logging.trackers=[wandb, wandb]", "logging.trackers must list distinct names"),
+    ("logging.trackers=wandb", "logging.trackers: expected a list"),
+    ("logging.project=' '", "logging.project must not be empty"),
 ])
 def test_invalid_config_is_named(override, message):
     with pytest.raises(ConfigError, match=message):

@@ -29,16 +29,17 @@ def tensorboard_scalars(run_dir) -> dict[str, dict[int, float]]:
     return {tag: {e.step: e.value for e in events.Scalars(tag)} for tag in events.Tags()["scalars"]}
 
 
-def jsonl_scalars(run_dir) -> dict[str, dict[int, float]]:
-    """metrics.jsonl in the same shape, at TensorBoard's float32 precision."""
+def jsonl_scalars(run_dir, cast=None) -> dict[str, dict[int, float]]:
+    """metrics.jsonl in the same shape, at TensorBoard's float32 precision unless `cast` says otherwise."""
     import numpy as np
 
+    cast = cast or (lambda value: float(np.float32(value)))
     table: dict[str, dict[int, float]] = {}
     for line in (run_dir / "metrics.jsonl").read_text().splitlines():
         m = json.loads(line)
         for key, value in m.items():
             if key != "step" and isinstance(value, (int, float)):
-                table.setdefault(key, {})[m["step"]] = float(np.float32(value))
+                table.setdefault(key, {})[m["step"]] = cast(value)
     return table
 
 

@@ -49,11 +49,13 @@ def test_sbatch_starts_ray_trains_and_cleans_up(slurm, tmp_path):
     assert not processes_using(Path(f"/tmp/ray-motif-{job_id}"))
 
 
-def compose(*args: str, token: str | None = "test-token") -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_TOKEN"}
+def compose(*args: str, token: str | None = "test-token", files=("compose.yaml",), **env_vars: str
+            ) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_TOKEN" and not k.startswith("MOTIF_")}
     if token:
         env["RAY_AUTH_TOKEN"] = token
-    return subprocess.run([str(BIN / "docker-compose"), "-f", "docker/compose.yaml", *args], cwd=REPO, env=env,
+    names = [arg for name in files for arg in ("-f", f"docker/{name}")]
+    return subprocess.run([str(BIN / "docker-compose"), *names, *args], cwd=REPO, env={**env, **env_vars},
                           capture_output=True, text=True, timeout=120)
 
 
@@ -76,6 +78,34 @@ def test_compose_file_is_valid_with_token_auth_and_a_loopback_job_api():
     # No token, no cluster: compose refuses to render the file (this Compose CLI still exits 0 on it).
     missing = compose("config", token=None)
     assert "RAY_AUTH_TOKEN is missing a value" in missing.stderr and not missing.stdout.strip()
+
+
+def test_gpu_overlay_renders_the_gpu_image_reserved_devices_and_the_jobs_gpu_settings():
+    def render(**env_vars: str) -> dict:
+        result = compose("config", "--format", "json", files=("compose.yaml", "compose.gpu.yaml"), **env_vars)
+        assert result.returncode == 0 and not result.stderr.strip(), result.stderr
+        return json.loads(result.stdout)["services"]
+
+    services = render()
+    cpu = json.loads(compose("config", "--format", "json").stdout)["services"]
+    for name, service in services.items():
+        assert service["image"] == "motif-rl:gpu" and service["build"]["dockerfile"] == "docker/Dockerfile.gpu"
+        assert Path(service["build"]["context"]) == Path(REPO)
+        # Everything else is compose.yaml's: token auth, the runs volume, the health checks.
+        same = {k: v for k, v in service.items() if k not in ("image", "build", "deploy", "command")}
+        assert same == {k: v for k, v in cpu[name].items() if k not in ("image", "build", "deploy", "command")}
+    assert [name for name, s in services.items() if "deploy" in s] == ["ray-worker"]
+    assert services["ray-worker"]["deploy"]["resources"]["reservations"]["devices"] == [
+        {"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
+    assert services["ray-worker"]["command"] == cpu["ray-worker"]["command"]
+    assert services["job"]["command"] == cpu["job"]["command"] + ["rollout.num_gpus=1", "cluster.learner_num_gpus=1"]
+
+    # The user's training arguments come first; the GPU settings after them, as the variables set them.
+    services = render(MOTIF_TRAIN_ARGS="--config my.yaml steps=80", MOTIF_WORKER_GPUS="2", MOTIF_ROLLOUT_GPUS="1",
+                      MOTIF_LEARNER_GPUS="0.5")
+    assert services["job"]["command"][-5:] == ["--config", "my.yaml", "steps=80", "rollout.num_gpus=1",
+                                               "cluster.learner_num_gpus=0.5"]
+    assert services["ray-worker"]["deploy"]["resources"]["reservations"]["devices"][0]["count"] == 2
 
 
 def test_dockerfiles_lint_clean_and_install_with_the_readme_script():

@@ -332,6 +332,23 @@ class TracesConfig:
 
 
 @dataclass
+class LoggingConfig:
+    """Where the metrics go beside metrics.jsonl (cluster/trackers.py)."""
+
+    trackers: list[str] = field(default_factory=lambda: ["tensorboard"])  # of tensorboard, wandb, mlflow
+    project: str = "motif-rl"  # the W&B project and the MLflow experiment
+
+    def validate(self) -> None:
+        from cluster.trackers import TRACKERS  # here: cluster.trackers imports this package
+
+        if any(t not in TRACKERS for t in self.trackers) or len(set(self.trackers)) < len(self.trackers):
+            raise ConfigError(f"logging.trackers must list distinct names of {', '.join(TRACKERS)}, got "
+                              f"{self.trackers}")
+        if not self.project.strip():
+            raise ConfigError("logging.project must not be empty")
+
+
+@dataclass
 class RunConfig:
     steps: int = 4
     output_dir: str = "runs/demo"
@@ -345,6 +362,7 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     traces: TracesConfig = field(default_factory=TracesConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     def validate(self, training: bool = True) -> None:
         """Each section's own rules, then the rules across sections (cluster.config.rules). training=False
@@ -357,6 +375,7 @@ class RunConfig:
         self.cluster.validate()
         self.checkpoint.validate()
         self.traces.validate()
+        self.logging.validate()
         self.data.validate()
         self.reward.validate()
         validate_learner(self.learner)

@@ -55,7 +55,7 @@ def train(config: RunConfig, resume: str | None = None) -> Path:
     spec = rollout_spec(config, rewards, model_path)
     if config.reward.motivated:
         tqdm.write(f"system prompt with motivation:\n{spec.system_prompt}")
-    log = None
+    log, finished = None, False
     try:
         run.start(model_path)
         parts = StepParts(config, run.pool, run.learner, run_protocol(config), spec, rewards,
@@ -69,7 +69,9 @@ def train(config: RunConfig, resume: str | None = None) -> Path:
             held_out.history = [tuple(h) for h in state["eval_history"]]
             tqdm.write(f"resumed from {checkpoint} at step {state['step']}")
         log = MetricsLog(run_dir, truncate_at=state["metrics_offset"] if checkpoint is not None else 0,
-                         first_step=state["step"] + 1)
+                         first_step=state["step"] + 1, trackers=config.logging.trackers,
+                         project=config.logging.project, params=settings, run_ids=state.get("trackers"))
+        trackers = {"trackers": log.run_ids()} if log.run_ids() else {}  # the tracker runs a resume continues
         first = state["step"] + 1
         if held_out.every and first == 1:
             log.log(0, held_out.run(0))
@@ -95,7 +97,7 @@ def train(config: RunConfig, resume: str | None = None) -> Path:
             if step == config.steps or (config.checkpoint.every and step % config.checkpoint.every == 0):
                 saved = run.save(step, {"step": step, "adapter_version": version, "data_position": step,
                                         "metrics_offset": log.offset(), "eval_history": held_out.history,
-                                        "run_id": run_id, "config": resume_fields(settings)})
+                                        "run_id": run_id, "config": resume_fields(settings), **trackers})
                 tqdm.write(f"checkpoint: {saved}")
         final = run_dir / "adapter"
         run.learner.export_adapter(str(final))
@@ -105,10 +107,11 @@ def train(config: RunConfig, resume: str | None = None) -> Path:
             (s0, before), (s1, after) = held_out.history[0], held_out.history[-1]
             tqdm.write(f"held-out pass@1: {before:.3f} at step {s0} -> {after:.3f} at step {s1}")
         tqdm.write(f"final adapter: {final}\nmetrics: {log.path}")
-        tqdm.write(f"run folder: {run_dir} | plot: {plot} | tensorboard --logdir {log.tensorboard_dir}")
+        tqdm.write(" | ".join([f"run folder: {run_dir}", f"plot: {plot}", *(t.where for t in log.trackers.values())]))
+        finished = True
     finally:
         if log is not None:
-            log.close()
+            log.close(ok=finished)
         run.stop()
         for reward in rewards:
             reward.close()
