@@ -62,6 +62,13 @@ def mlflow_history(client, run_id: str, keys) -> dict[str, dict[int, float]]:
     return {key: {m.step: m.value for m in client.get_metric_history(run_id, key)} for key in keys}
 
 
+def test_the_config_names_every_registered_tracker():
+    from cluster.config.schema import TRACKER_NAMES
+    from cluster.trackers import TRACKERS
+
+    assert tuple(TRACKERS) == TRACKER_NAMES
+
+
 def test_a_missing_tracker_is_one_line_naming_its_extra(tmp_path, monkeypatch, capsys):
     import importlib.util
 

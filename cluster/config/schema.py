@@ -331,18 +331,20 @@ class TracesConfig:
             raise ConfigError(f"traces.max_tries must be >= 1, got {self.max_tries}")
 
 
+# The trackers cluster/trackers.py registers, one class each (the config knows nothing above it).
+TRACKER_NAMES = ("tensorboard", "wandb", "mlflow")
+
+
 @dataclass
 class LoggingConfig:
     """Where the metrics go beside metrics.jsonl (cluster/trackers.py)."""
 
-    trackers: list[str] = field(default_factory=lambda: ["tensorboard"])  # of tensorboard, wandb, mlflow
+    trackers: list[str] = field(default_factory=lambda: ["tensorboard"])  # of TRACKER_NAMES
     project: str = "motif-rl"  # the W&B project and the MLflow experiment
 
     def validate(self) -> None:
-        from cluster.trackers import TRACKERS  # here: cluster.trackers imports this package
-
-        if any(t not in TRACKERS for t in self.trackers) or len(set(self.trackers)) < len(self.trackers):
-            raise ConfigError(f"logging.trackers must list distinct names of {', '.join(TRACKERS)}, got "
+        if any(t not in TRACKER_NAMES for t in self.trackers) or len(set(self.trackers)) < len(self.trackers):
+            raise ConfigError(f"logging.trackers must list distinct names of {', '.join(TRACKER_NAMES)}, got "
                               f"{self.trackers}")
         if not self.project.strip():
             raise ConfigError("logging.project must not be empty")
