@@ -83,10 +83,6 @@ def test_the_rlmt_recipe_loads_with_the_papers_grpo_settings():
 
 
 def test_the_rlmt_dpo_recipe_loads():
-    from learner.credit import CREDIT
-
-    if "best_worst" not in CREDIT:
-        pytest.skip("on-policy DPO (learner.credit=best_worst) is not in motif train yet")
     config = load_config("rlmt-toy-dpo")
     assert (config.learner.policy_loss, config.learner.credit, config.rollout.response_format) == (
         "dpo", "best_worst", "think_response")
