@@ -58,6 +58,7 @@ RESUME_FIELDS = resume_field_names(RunConfig, RESUME)  # marked in the schema (c
 BEFORE_RECORDED = {
     "learner.credit": "first_round",  # the only credit before learner.credit existed
     "rollout.protocol": None,  # rollout.rounds chose the protocol, as an unset rollout.protocol does
+    "rollout.response_format": None,  # the protocol's own, as an unset rollout.response_format is
     # The protocols' own settings: no run before them used the protocols that read them.
     "rollout.max_attempts": 2,
     "rollout.max_rounds": 4,

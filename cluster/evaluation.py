@@ -225,7 +225,7 @@ def evaluate(pool, problems: list[Problem], spec: MotifSpec, desc: str = "eval",
             chains = e.chains()
             turns = [e.root] + (chains[0] if chains else [])
             responses = [t for t in turns if t.kind == RESPONSE]
-            formats = [rules.response_format(spec)] * (len(responses) - 1) + ["reasoning_answer"]
+            formats = [rules.response_format(spec)] * (len(responses) - 1) + [rules.final_format(spec)]
             samples.append({
                 "question_id": problem.row,
                 "sample": per_question[e.prompt_index],

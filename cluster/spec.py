@@ -24,7 +24,7 @@ def rollout_spec(config: RunConfig, rewards: list[Reward], model_path: str | Non
     token ids (markovian's token carry-over)."""
     r = config.rollout
     protocol = run_protocol(config)
-    base = protocol.system_prompt or SYSTEM_PROMPT
+    base = protocol.system_prompt(r) if protocol.system_prompt else SYSTEM_PROMPT
 
     def system_prompt(response_format: str) -> str:
         return motivated_system_prompt(base, rewards, response_format, config.reward.motivation)
@@ -39,6 +39,6 @@ def rollout_spec(config: RunConfig, rewards: list[Reward], model_path: str | Non
         continuation_policy=r.continuation_policy,
         # Each round is told what it is rewarded for producing: progress before the last round, an answer in it.
         system_prompt=system_prompt(protocol.response_format(r)),
-        final_system_prompt=system_prompt("reasoning_answer"),
+        final_system_prompt=system_prompt(protocol.final_format(r)),
     )
     return protocol.spec(common, r, tokenizer=model_path)

@@ -106,6 +106,18 @@ def build_tiny_model(
     return _save(model, tokenizer, path)
 
 
+def build_tiny_reward_model(path: str | Path, seed: int = 0, hidden_size: int = 128, layers: int = 2,
+                            extra_corpus: Sequence[str] = ()) -> Path:
+    """Write an untrained tiny Qwen2 sequence-classification reward model (one score) + tokenizer to `path`."""
+    import torch
+    from transformers import Qwen2ForSequenceClassification
+
+    tokenizer = build_tokenizer(extra_corpus=extra_corpus)
+    torch.manual_seed(seed)
+    model = Qwen2ForSequenceClassification(_tiny_config(tokenizer, hidden_size, layers, num_labels=1))
+    return _save(model.to(torch.float32), tokenizer, path)
+
+
 def ensure_tiny_model(path: str | Path, seed: int = 0) -> Path:
     """Build the tiny model at `path` unless a complete one is already there."""
     path = Path(path)

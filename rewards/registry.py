@@ -59,6 +59,9 @@ class RewardTerm:
     max_length: int = 1024  # reward_model: tokens of (prompt, answer) kept, from the end
     num_cpus: float = 1  # reward_model actor
     num_gpus: float = 0  # reward_model actor; on a GPU it runs in bfloat16
+    # reward_model: a sample whose response fails its format is not sent to the model and gets the null score,
+    # the lowest score of the batch's well-formed answers (0 when there is none)
+    strict: bool = False
     # overlong: the length in tokens where the penalty reaches -1 (None: rollout.max_tokens), and the tokens
     # before it over which it falls from 0 (None: a fifth of the limit, DAPO's 4096 of 20480)
     overlong_limit: int | None = None
@@ -145,6 +148,7 @@ def _accuracy(term: RewardTerm, response_format: str) -> Reward:
 def _reward_model(term: RewardTerm, response_format: str) -> Reward:
     import ray
 
+    from rewards.format import strip_thinking
     from rewards.reward_model import RewardModelWorker
     from rollout.common import WorkerStartFailed, failure_cause
 
@@ -168,24 +172,32 @@ def _reward_model(term: RewardTerm, response_format: str) -> Reward:
 
     actor = [start()]
 
-    def score(samples: Sequence[RewardSample]) -> RewardScores:
-        """A dead or hung actor is replaced and the batch sent again once; a second failure fails the batch."""
-        questions = [s.question for s in samples for _ in s.finals]
-        finals = [f for s in samples for f in s.finals]
-        counts = Counter()
+    def request(questions: list[str], answers: list[str], counts: Counter) -> list[float]:
+        """One batched call; a dead or hung actor is replaced and the batch sent again once, a second failure
+        fails the batch."""
         for attempt in range(2):
             try:
-                values = ray.get(actor[0].score.remote(questions, finals), timeout=term.timeout_s or REWARD_MODEL_TIMEOUT_S)
-                break
+                return ray.get(actor[0].score.remote(questions, answers), timeout=term.timeout_s or REWARD_MODEL_TIMEOUT_S)
             except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
                 if attempt:
                     raise
                 ray.kill(actor[0], no_restart=True)
                 actor[0] = start()
                 counts["actor_restarts"] += 1
-        groups = [s.finals for s in samples]
-        flat = iter(values)
-        return RewardScores(mean_per_group(values, groups), counts, [[next(flat) for _ in g] for g in groups])
+
+    def score(samples: Sequence[RewardSample]) -> RewardScores:
+        """Every final answer in one request, its thinking cut out here: the model never receives it."""
+        counts = Counter()
+        malformed = [term.strict and not FORMATS[s.response_format](s.response) for s in samples]
+        sent = [(s.question, strip_thinking(f)) for s, bad in zip(samples, malformed) if not bad for f in s.finals]
+        values = iter(request([q for q, _ in sent], [a for _, a in sent], counts) if sent else [])
+        scored = [None if bad else [next(values) for _ in s.finals] for s, bad in zip(samples, malformed)]
+        if any(malformed):
+            null = min((v for per in scored if per for v in per), default=0.0)
+            scored = [[null] * len(s.finals) if per is None else per for s, per in zip(samples, scored)]
+            counts["malformed"] = sum(malformed)
+        return RewardScores(mean_per_group([v for per in scored for v in per], [s.finals for s in samples]),
+                            counts, scored)
 
     return Reward(
         "reward_model", term.weight,
@@ -322,6 +334,8 @@ def check_terms(terms: Sequence[RewardTerm]) -> None:
         seen.add(key)
         if (term.name == "reward_model") != (term.model is not None):
             raise ValueError(f"reward {term.name!r}: `model` is required for reward_model and only for it")
+        if term.strict and term.name != "reward_model":
+            raise ValueError(f"reward {term.name!r}: strict is a setting of reward_model")
         if term.name != "overlong" and (term.overlong_limit, term.overlong_buffer) != (None, None):
             raise ValueError(f"reward {term.name!r}: overlong_limit and overlong_buffer are settings of overlong")
         if term.timeout_s is not None and term.timeout_s <= 0:

@@ -1,6 +1,6 @@
 """A preference reward model (RLMT) as a Ray actor: a transformers sequence-classification model with one
-output that scores (prompt, response) pairs in batches, after removing the response's thinking
-(`rewards.format.strip_thinking`), so the model judges only the answer.
+output that scores (prompt, answer) pairs in batches. It is sent the answers alone: the registry's
+`reward_model` cuts the thinking out first (`rewards.format.strip_thinking`).
 """
 
 from __future__ import annotations
@@ -8,8 +8,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import ray
-
-from rewards.format import strip_thinking
 
 
 class RewardModelScorer:
@@ -43,12 +41,12 @@ class RewardModelScorer:
         return f"{prompt}\n\n{answer}"
 
     def score(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
-        """One scalar per (prompt, response), judged on the response without its thinking; higher is preferred."""
+        """One scalar per (prompt, response), the response judged as it is; higher is preferred."""
         import torch
 
         if len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
-        texts = [self.render(p, strip_thinking(r)) for p, r in zip(prompts, responses)]
+        texts = [self.render(p, r) for p, r in zip(prompts, responses)]
         scores: list[float] = []
         with torch.inference_mode():
             for i in range(0, len(texts), self.batch_size):

@@ -44,6 +44,7 @@ def test_demo_config_loads_and_overrides_apply():
     ("reward.motivation=[unclosed", "its value is not valid YAML"),
     ("model.warm_start.verdict_accuracy=2", r"verdict_accuracy must be in \[0, 1\]"),
     ("model.warm_start.markovian_rounds=0", "markovian_rounds must be >= 1"),
+    ("model.warm_start.rlmt=maybe", "model.warm_start.rlmt: expected true or false"),
     ("traces.max_tries=0", "traces.max_tries must be >= 1"),
     ("learner.tis_cap=0", "learner.tis_cap must be > 0"),
     ("learner.kl_in_reward_coef=-0.1", "learner.kl_in_reward_coef must be >= 0"),
@@ -52,10 +53,39 @@ def test_demo_config_loads_and_overrides_apply():
     ("logging.trackers=[wandb, wandb]", "logging.trackers must list distinct names"),
     ("logging.trackers=wandb", "logging.trackers: expected a list"),
     ("logging.project=' '", "logging.project must not be empty"),
+    ("rollout.response_format=think_response", "rollout.response_format=think_response is not one "
+                                               "rollout.protocol=motif writes"),
+    ("reward.components=[{name: format, strict: true}]", "reward 'format': strict is a setting of reward_model"),
+    ("reward.components=[{name: reward_model, model: m, strict: maybe}]",
+     r"reward.components\[0\].strict: expected true or false"),
 ])
 def test_invalid_config_is_named(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config("cluster/configs/demo.yaml", [override])
+
+
+def test_a_single_round_is_asked_for_one_of_its_formats():
+    for fmt in ("reasoning_answer", "think_response", "response"):
+        assert load_config("demo", ["rollout.rounds=1", f"rollout.response_format={fmt}"]).rollout.response_format == fmt
+    with pytest.raises(ConfigError, match="rollout.response_format must be one of reasoning_answer, think_response, "
+                                          "response for rollout.protocol=single, got 'thinking'"):
+        load_config("demo", ["rollout.rounds=1", "rollout.response_format=thinking"])
+
+
+def test_the_rlmt_recipe_loads_with_the_papers_grpo_settings():
+    config = load_config("rlmt-toy-grpo")
+    r = config.rollout
+    assert (r.protocol, r.response_format, r.samples_per_prompt, r.temperature) == ("single", "think_response", 8, 0.8)
+    assert config.learner.kl_coef == 0.001 and config.model.warm_start.rlmt
+    (model,) = [t for t in config.reward.components if t.name == "reward_model"]
+    assert model.strict and {t.name: t.weight for t in config.reward.components}["accuracy"] == 0.0
+    assert load_config("rlmt-toy-grpo", ["rollout.response_format=response"]).rollout.response_format == "response"
+
+
+def test_the_rlmt_dpo_recipe_loads():
+    config = load_config("rlmt-toy-dpo")
+    assert (config.learner.policy_loss, config.learner.credit, config.rollout.response_format) == (
+        "dpo", "best_worst", "think_response")
 
 
 def test_cli_reports_invalid_config_without_starting(capsys):

@@ -53,7 +53,7 @@ def motif_train(tmp_path, run_dir, *overrides):
 
 
 def test_motif_train_two_steps_writes_metrics_and_adapter(tmp_path):
-    from tests.tiny_reward_model import build_tiny_reward_model
+    from learner.tiny_model import build_tiny_reward_model
 
     reward_model = build_tiny_reward_model(tmp_path / "rm")
     (tmp_path / "my_rewards.py").write_text(USER_REWARD)

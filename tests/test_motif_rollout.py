@@ -193,3 +193,41 @@ def test_each_round_is_told_what_it_is_rewarded_for():
     assert all(progress in s and answer not in s for s in first | middle)
     assert all(answer in s and progress not in s for s in last)
     assert all("accuracy (weight 1)" in s for s in first | middle | last)
+
+
+@pytest.mark.parametrize("response_format", ["think_response", "response"])
+def test_a_single_round_asked_for_another_format_sends_the_question_under_that_formats_prompt(response_format):
+    from cluster.config import load_config
+    from cluster.spec import response_format as run_format, rollout_spec
+    from rewards import FORMATS, build_rewards, score_samples
+    from cluster.loop.step import reward_samples
+    from cluster.tasks.data import Problem
+    from rollout.protocols.single import SYSTEM_PROMPTS
+
+    config = load_config("cluster/configs/demo.yaml", ["reward.motivation=consistent", "rollout.rounds=1",
+                                                       f"rollout.response_format={response_format}"])
+    assert run_format(config) == response_format
+    rewards = build_rewards(config.reward.components, response_format)
+    spec = rollout_spec(config, rewards)
+    sent = []
+
+    def generate(conversations, sampling, use_adapter):
+        sent.append((conversations, sampling.n))
+        return [[Completion([1], [2], "<think>a+1:2=3</think>\\boxed{3}", [0.0], "stop", 7)] * sampling.n
+                for _ in conversations]
+
+    protocol = PROTOCOLS["single"]
+    episodes = protocol.rollout(generate, ["Start with x=2. Apply in order, mod 10: a+1."], spec)
+    (conversations, n), = sent
+    assert n == config.rollout.samples_per_prompt and len(episodes) == n
+    system, user = conversations[0]
+    # The question as it is, the format told in the system prompt with the motivation after it.
+    assert user == {"role": "user", "content": "Start with x=2. Apply in order, mod 10: a+1."}
+    assert system["content"].startswith(SYSTEM_PROMPTS[response_format] + "\n\n")
+    assert FORMATS[response_format].description in system["content"]
+    assert "<reasoning>" not in system["content"] + user["content"]
+    assert all(len(e.turns) == 1 and protocol.finals(e) == [e.root] for e in episodes)
+    # The format reward checks the response against the asked format.
+    samples = reward_samples(episodes, [Problem("q", "3", 0)], protocol, spec)
+    expected = 1.0 if response_format == "think_response" else 0.0
+    assert score_samples(rewards[:1], samples).totals == [0.2 * expected] * n

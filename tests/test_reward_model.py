@@ -1,5 +1,6 @@
 """RLMT reward model: a tiny sequence-classification model trained here (Bradley-Terry, a few steps) to
-prefer one kind of answer ranks held-out answers that way through the Ray actor, with thinking removed."""
+prefer one kind of answer ranks held-out answers that way through the Ray actor, which is sent the answers
+with their thinking removed; under `strict` a malformed response gets the null score."""
 
 from __future__ import annotations
 
@@ -7,9 +8,9 @@ import contextlib
 import os
 import random
 import signal
+from types import SimpleNamespace
 
 import pytest
-import torch
 
 from rewards import RewardSample, RewardTerm, build_rewards, score_samples
 
@@ -32,27 +33,10 @@ def pairs(seed: int, n: int) -> list[tuple[str, str, str]]:
 
 @pytest.fixture(scope="module")
 def trained_reward_model(tmp_path_factory) -> str:
-    from tests.tiny_reward_model import build_tiny_reward_model
-    from rewards.reward_model import RewardModelScorer
+    from cluster.bench.rlmt import train_reward_model
 
-    path = build_tiny_reward_model(tmp_path_factory.mktemp("rm") / "model")
-    scorer = RewardModelScorer(str(path))
-    model, tokenizer = scorer.model, scorer.tokenizer
-    model.train()
-    torch.manual_seed(0)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    train = pairs(seed=0, n=240)
-    for step in range(30):
-        batch = train[step * 8 : (step + 1) * 8]
-        texts = [scorer.render(q, a) for q, chosen, rejected in batch for a in (chosen, rejected)]
-        inputs = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-        scores = model(**inputs).logits[:, 0].view(-1, 2)
-        loss = -torch.nn.functional.logsigmoid(scores[:, 0] - scores[:, 1]).mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    print(f"reward model: final Bradley-Terry loss {loss.item():.4f}")
-    model.save_pretrained(path)
+    path = tmp_path_factory.mktemp("rm") / "model"
+    print("reward model:", train_reward_model(path, pairs(seed=0, n=240), steps=30, batch_size=8))
     return str(path)
 
 
@@ -61,7 +45,7 @@ def ranking_accuracy(scores_chosen, scores_rejected) -> float:
 
 
 def test_trained_reward_model_ranks_held_out_answers_through_the_actor(ray_session, trained_reward_model, tmp_path):
-    from tests.tiny_reward_model import build_tiny_reward_model
+    from learner.tiny_model import build_tiny_reward_model
     from rewards.reward_model import RewardModelWorker
 
     held_out = pairs(seed=1, n=32)
@@ -79,6 +63,76 @@ def test_trained_reward_model_ranks_held_out_answers_through_the_actor(ray_sessi
     assert accuracies["untrained"] < 1.0
 
 
+class RecordingScorer:
+    """The real reward model actor, keeping every (prompt, response) it is sent."""
+
+    def __init__(self, *args, **kwargs):
+        from rewards.reward_model import RewardModelScorer
+
+        self.scorer, self.sent = RewardModelScorer(*args, **kwargs), []
+
+    def score(self, prompts, responses):
+        self.sent += list(zip(prompts, responses))
+        return self.scorer.score(prompts, responses)
+
+    def received(self):
+        return self.sent
+
+
+class StartRecording:
+    """Stands in for RewardModelWorker in the registry: starts a RecordingScorer with the registry's options and
+    keeps its handle."""
+
+    def __init__(self, ray):
+        self.actor, self.handles = ray.remote(RecordingScorer), []
+
+    def options(self, **options):
+        def remote(*args, **kwargs):
+            self.handles.append(self.actor.options(**options).remote(*args, **kwargs))
+            return self.handles[-1]
+
+        return SimpleNamespace(remote=remote)
+
+
+@pytest.mark.parametrize("strict", [True, False])
+def test_the_reward_model_is_sent_the_response_alone_and_strict_gives_malformed_the_null_score(
+        ray_session, trained_reward_model, monkeypatch, strict):
+    import rewards.reward_model
+    from rewards.reward_model import RewardModelScorer
+
+    started = StartRecording(ray_session)
+    monkeypatch.setattr(rewards.reward_model, "RewardModelWorker", started)
+    (reward,) = build_rewards([RewardTerm("reward_model", model=trained_reward_model, strict=strict)], "think_response")
+    good, bad = "The answer is 7.", "cat dog tree"
+    thinking = f"SECRET {good} {good}"  # praises the preferred kind of answer: only the response may count
+    responses = [
+        f"<think>{thinking}</think>{good}",
+        f"<think>{thinking}</think>\n{bad}",
+        good,  # no thinking: malformed
+        f"<think>{thinking}</think>{good}<think>again</think>",  # malformed
+        f"<think>{thinking} unfinished",  # malformed, nothing to score
+    ]
+    q = QUESTIONS[0]
+    try:
+        scored = score_samples([reward], [RewardSample(q, None, r, (r,), "think_response") for r in responses])
+        sent = ray_session.get(started.handles[-1].received.remote())
+    finally:
+        reward.close()
+    answers = [good, bad] if strict else [good, bad, good, good, ""]
+    assert sent == [(q, a) for a in answers]
+    assert not any("SECRET" in a or "think>" in a for _, a in sent)
+    # The oracle: the same model in this process, scoring the bare answers.
+    reference = RewardModelScorer(trained_reward_model).score([q] * 2, [good, bad])
+    values = scored.totals
+    assert values[:2] == pytest.approx(reference, abs=1e-5)
+    if strict:
+        assert values[2:] == [min(values[:2])] * 3
+        assert scored.metrics["reward/reward_model/malformed"] == 3
+    else:
+        assert values[2] == pytest.approx(reference[0], abs=1e-5)
+        assert "reward/reward_model/malformed" not in scored.metrics
+
+
 def test_batched_scores_equal_one_at_a_time(ray_session, trained_reward_model):
     from rewards.reward_model import RewardModelWorker
 
@@ -88,8 +142,6 @@ def test_batched_scores_equal_one_at_a_time(ray_session, trained_reward_model):
     batched = ray_session.get(actor.score.remote(questions, answers))
     single = [ray_session.get(actor.score.remote([q], [a]))[0] for q, a in zip(questions, answers)]
     assert batched == pytest.approx(single, abs=1e-5)
-    thinking = ray_session.get(actor.score.remote([questions[0]], ["<reasoning>The answer is 7.</reasoning><answer>cat</answer>"]))
-    assert thinking == pytest.approx(ray_session.get(actor.score.remote([questions[0]], ["cat"])), abs=1e-5)
     ray_session.kill(actor)
 
 

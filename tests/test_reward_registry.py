@@ -74,6 +74,20 @@ FORMAT_CASES = {
          "<reasoning>a</reasoning>",
          "<progress>p</progress>"],
     ),
+    "think_response": (
+        "<think>the steps\nworked out</think>\nThe answer is 7.\nThat is all.",
+        ["The answer is 7.",
+         "<think>a</think>",
+         "<think>a</think>  \n ",
+         "<think>a</think>b<think>c</think>d",
+         "<think>a</think>b</think>",
+         "<think>unfinished thought, the answer is 7.",
+         "<think></think>b"],
+    ),
+    "response": (
+        "The answer is 7.\nThat is all.",
+        ["", "  \n", "<think>a</think>b", "b</think>"],
+    ),
     "reasoning_answer_verify": (
         "<reasoning>2+2\nis 4</reasoning>\n<answer>\\boxed{4}</answer>\n<verify> correct </verify>",
         ["<reasoning>a</reasoning><answer>4</answer><verify>maybe</verify>",
@@ -97,6 +111,8 @@ def test_format_patterns_are_fast_on_hostile_text():
     for spec in FORMATS.values():
         spec("<reasoning>" + "x" * 200_000)
         spec("<reasoning>" * 20_000)
+        spec(" " * 200_000)
+        spec("<think>a</think>b" + " " * 200_000 + "<think>")
     strip_thinking("<reasoning>" * 20_000 + "<answer>" * 20_000)
     assert time.monotonic() - start < 5
 

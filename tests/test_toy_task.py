@@ -126,3 +126,29 @@ def test_adaptive_rounds_traces_answer_in_the_round_that_reaches_the_end():
         for (_, before), (prompt, _) in zip(turns, turns[1:]):
             assert before.split("<progress>")[1].split("</progress>")[0] in prompt[-1]["content"]
     assert {len(markovian_turns(p, 3, random.Random(0), 0.0, 3)) for p in problems} == {1, 2, 3}
+
+
+def test_rlmt_traces_think_then_state_the_last_step_and_value_and_the_warm_start_key_is_kept_when_off():
+    import random
+
+    from cluster.config import ToyConfig, load_config
+    from cluster.tasks.toy_task import rlmt_turns, sft_rows, toy_problems
+    from cluster.tasks.warm_start import warm_start_plan
+    from rewards import FORMATS, grade
+
+    for problem in toy_problems(ToyConfig(operations=4), "train", 20):
+        (think_prompt, thought), (direct_prompt, direct) = rlmt_turns(problem, random.Random(0), 0.0)
+        values = [problem.start, *problem.values()]
+        op, d = problem.steps[-1]
+        assert direct == f"d{op}{d}:{values[3]}={values[4]} \\boxed{{{problem.answer}}}"  # worked out by hand
+        assert thought.endswith("</think>" + direct) and thought.count(":") == 5  # 4 thought, 1 restated
+        assert FORMATS["think_response"](thought) and FORMATS["response"](direct) and grade(direct, problem.answer)
+        assert think_prompt[-1] == direct_prompt[-1] == {"role": "user", "content": problem.question}
+    assert len(sft_rows(ToyConfig(operations=4), 10, (), 0.0, rlmt=True)) == 20
+    assert sft_rows(ToyConfig(), 10, (1, 3), 0.06) == sft_rows(ToyConfig(), 10, (1, 3), 0.06, rlmt=False)
+
+    def key(*overrides):
+        config = load_config("demo", list(overrides))
+        return warm_start_plan(config.model.warm_start, config.data.toy)[2]
+
+    assert key("model.warm_start.rlmt=false") == key() != key("model.warm_start.rlmt=true")

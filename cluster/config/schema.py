@@ -52,6 +52,9 @@ class WarmStartConfig:
     # Also imitate adaptive-rounds chains (rollout.protocol=markovian) of at most this many rounds, each round
     # covering steps_per_round steps and the one that reaches the end answering; None: none
     markovian_rounds: int | None = None
+    # Also imitate RLMT's single rounds (rollout.response_format think_response and response): the steps thought
+    # through in <think>, then the boxed value; and that value alone
+    rlmt: bool = False
     steps: int = 1200  # 800 left some warm starts under-trained (greedy 0.93), where RL then gained nothing
     batch_size: int = 32
     learning_rate: float = 3.0e-3
@@ -106,6 +109,9 @@ class RolloutConfig:
     # "markovian";
     # None: the one `rounds` implies (1: single, more: motif)
     protocol: str | None = field(default=None, metadata=RESUME)
+    # The FORMATS entry the response is asked for, where the protocol offers a choice (single: reasoning_answer,
+    # think_response for RLMT, response without thinking); None: the protocol's own
+    response_format: str | None = field(default=None, metadata=RESUME)
     prompts_per_step: int = field(default=2, metadata=RESUME)  # B
     samples_per_prompt: int = field(default=4, metadata=RESUME)  # m
     continuations: int = field(default=2, metadata=RESUME)  # k
@@ -172,6 +178,9 @@ class RolloutConfig:
             PROTOCOLS[protocol].check(r)
         except ValueError as e:
             raise ConfigError(str(e)) from None
+        if r.response_format is not None and PROTOCOLS[protocol].response_format(r) != r.response_format:
+            raise ConfigError(f"rollout.response_format={r.response_format} is not one rollout.protocol={protocol} "
+                              f"writes (its: {PROTOCOLS[protocol].response_format(r)}; single offers a choice)")
         if training and r.samples_per_prompt < 2:
             raise ConfigError("rollout.samples_per_prompt must be >= 2: GRPO compares samples within a group")
         if r.continuation_policy not in ("current", "frozen_base"):

@@ -19,7 +19,7 @@ from learner.records import TrainSample
 from rewards import Reward, RewardSample, Scored, score_samples
 from rollout.engine import ABORTED, PROMPT_TOO_LONG
 from rollout.protocols import Protocol, protocol_name
-from rollout.protocols.motif import MotifSpec, motif_response_format
+from rollout.protocols.motif import MotifSpec
 from rollout.records import TRUNCATED, Episode
 
 
@@ -116,10 +116,6 @@ def write_samples(path: Path, records: list[dict]) -> None:
             f.write(json.dumps(record) + "\n")
 
 
-# The FORMATS entry of a turn that ends in the final answer (MOTIF's last round).
-FINAL_FORMAT = motif_response_format(1)
-
-
 @dataclass
 class StepParts:
     """What every step of a run uses: its actors, protocol, rewards, estimator and credit."""
@@ -160,7 +156,7 @@ def score(parts: StepParts, batch: list[Problem], episodes: list[Episode]) -> Sc
     """Each episode's reward, and each answer's score where the credit reads it (each answer scored once)."""
     answers_scored = parts.scores_answers and any(e.chains() for e in episodes)
     return score_samples(parts.rewards, reward_samples(episodes, batch, parts.protocol, parts.spec),
-                         final_format=FINAL_FORMAT if answers_scored else None)
+                         final_format=parts.protocol.final_format(parts.spec) if answers_scored else None)
 
 
 def figures(parts: StepParts, batch: list[Problem], episodes: list[Episode], scored: Scored) -> dict:

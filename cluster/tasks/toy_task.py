@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from cluster.config import ToyConfig
 from rollout.protocols import conversation
 from rollout.protocols import markovian, self_correct
+from rollout.protocols.single import SYSTEM_PROMPTS
 from rollout.protocols.motif import SYSTEM_PROMPT, continuation_message, first_round_message
 
 LETTERS = string.ascii_lowercase
@@ -216,6 +217,27 @@ def markovian_turns(problem: ToyProblem, steps_per_round: int, rng: random.Rando
     return turns
 
 
+def rlmt_response(step: str, value: int) -> str:
+    """An RLMT response on the toy task: the last step, then the boxed value."""
+    return f"{step} \\boxed{{{value}}}"
+
+
+def rlmt_turns(problem: ToyProblem, rng: random.Random, error_rate: float) -> list[tuple[list[dict[str, str]], str]]:
+    """RLMT's single rounds (rollout.response_format): the steps thought through in <think>, then the response
+    (the last step and the boxed value); and that response alone, without thinking. Both state the same step and
+    value, slips included, so only the thinking can make a later answer better than the traces'."""
+    written, value = worked_steps(problem, 0, len(problem.steps), problem.start, rng, error_rate)
+    answer = rlmt_response(written[-1], value)
+    thought = f"<think>{' '.join(written)}</think>{answer}"
+    return [(conversation(problem.question, SYSTEM_PROMPTS["think_response"]), thought),
+            (conversation(problem.question, SYSTEM_PROMPTS["response"]), answer)]
+
+
+def rlmt_corpus() -> list[str]:
+    """The RLMT texts the tiny tokenizer learns merges from, when a warm start imitates them."""
+    return [SYSTEM_PROMPTS["think_response"], SYSTEM_PROMPTS["response"], "<think> </think>"]
+
+
 def self_correct_corpus() -> list[str]:
     """The self-correction texts the tiny tokenizer learns merges from, when a warm start imitates them."""
     return [self_correct.SYSTEM_PROMPT, self_correct.VERIFY_INSTRUCTION, self_correct.CORRECT_INSTRUCTION,
@@ -223,11 +245,12 @@ def self_correct_corpus() -> list[str]:
 
 
 def sft_rows(config: ToyConfig, count: int, rounds: tuple[int, ...], error_rate: float, seed: int = 0,
-             verdict_accuracy: float | None = None, markovian_rounds: int | None = None) -> list[dict]:
+             verdict_accuracy: float | None = None, markovian_rounds: int | None = None,
+             rlmt: bool = False) -> list[dict]:
     """Chat-formatted SFT rows ({"prompt": messages, "response": text}) from `count` train problems, each
     solved once for every number of rounds in `rounds` (1 = single round, R > 1 = MOTIF's R rounds), once as a
-    self-correction episode when `verdict_accuracy` is set, and once as an adaptive-rounds chain of at most
-    `markovian_rounds` rounds when that is set."""
+    self-correction episode when `verdict_accuracy` is set, once as an adaptive-rounds chain of at most
+    `markovian_rounds` rounds when that is set, and as RLMT's two single rounds (`rlmt_turns`) with `rlmt`."""
     rng = random.Random(seed)
     rows = []
     for problem in toy_problems(config, "train", count):
@@ -240,6 +263,9 @@ def sft_rows(config: ToyConfig, count: int, rounds: tuple[int, ...], error_rate:
                 rows.append({"prompt": prompt, "response": response})
         if markovian_rounds is not None:
             for prompt, response in markovian_turns(problem, config.steps_per_round, rng, error_rate, markovian_rounds):
+                rows.append({"prompt": prompt, "response": response})
+        if rlmt:
+            for prompt, response in rlmt_turns(problem, rng, error_rate):
                 rows.append({"prompt": prompt, "response": response})
     rng.shuffle(rows)
     return rows

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from cluster.cache import build_lock, cache_dir, tiny_model_digest
 from cluster.config import ModelConfig, SFTDataConfig, SFTRunConfig, WarmStartConfig, to_dict
-from cluster.tasks.toy_task import ToyConfig, self_correct_corpus, sft_rows, tokenizer_corpus
+from cluster.tasks.toy_task import ToyConfig, rlmt_corpus, self_correct_corpus, sft_rows, tokenizer_corpus
 from learner.config import LearnerConfig
 from rollout.common import replace_directory
 from rollout.protocols.markovian import OPEN_FORMAT
@@ -33,10 +33,12 @@ def warm_start_plan(settings: WarmStartConfig, toy: ToyConfig) -> tuple[list[Toy
         corpus += self_correct_corpus()
     if settings.markovian_rounds is not None:
         corpus.append(OPEN_FORMAT)
+    if settings.rlmt:
+        corpus += rlmt_corpus()
     shaping = dataclasses.asdict(settings) | {"dir": None}
     # Fields at their "not used" value leave the key of the warm starts built before they existed unchanged.
-    for name in ("operations", "verdict_accuracy", "markovian_rounds"):
-        if shaping[name] is None:
+    for name, unused in (("operations", None), ("verdict_accuracy", None), ("markovian_rounds", None), ("rlmt", False)):
+        if shaping[name] is unused:
             del shaping[name]
     shown = [{k: v for k, v in dataclasses.asdict(t).items() if not (k == "max_operations" and v is None)}
              for t in tasks]
@@ -73,7 +75,7 @@ def _build_into(work: Path, settings: WarmStartConfig, tasks: list[ToyConfig], c
     rows = [row for i, task in enumerate(tasks)
             for row in sft_rows(task, settings.problems // len(tasks), tuple(settings.rounds), settings.error_rate,
                                 seed=settings.seed + i, verdict_accuracy=settings.verdict_accuracy,
-                                markovian_rounds=settings.markovian_rounds)]
+                                markovian_rounds=settings.markovian_rounds, rlmt=settings.rlmt)]
     if len(tasks) > 1:
         random.Random(settings.seed).shuffle(rows)  # sft_rows shuffles each difficulty's rows, not the mix
     (work / "sft.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))

@@ -48,7 +48,10 @@ class Protocol:
     # checks it), and the turns that hold its final answers (graded; one per chain).
     response: Callable[[Episode], Turn] = _root
     finals: Callable[[Episode], list[Turn]] = _chain_ends
-    system_prompt: str | None = None  # None: MOTIF's; the motivation (MeRF) is appended to it
+    # Its system prompt from the rollout settings (None: MOTIF's); the motivation (MeRF) is appended to it.
+    system_prompt: Callable[[object], str] | None = None
+    # The FORMATS entry of the turns that give the final answer (MOTIF's last round), from the settings or a spec.
+    final_format: Callable[[object], str] = lambda settings: "reasoning_answer"
     # Its own figures per graded episode: outcomes(episode, correct) where correct[j] says whether turn j
     # answered right (None: not graded), for the turns `graded` names; None: no figures of its own.
     graded: Callable[[Episode], list[int]] = lambda episode: []

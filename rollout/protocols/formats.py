@@ -13,6 +13,11 @@ def _block(tag: str) -> str:
     return rf"<{tag}>(?:(?!<{tag}>|</{tag}>).)+</{tag}>"
 
 
+# Free text after the thinking (or instead of it): not empty, and no <think> tag of its own. Possessive, so
+# a long run of spaces before a stray tag is not retried position by position (quadratic on hostile text).
+_RESPONSE = r"(?:(?!</?think>)\S)(?:(?!</?think>).)*+"
+
+
 def _sequence(*blocks: str) -> re.Pattern:
     return re.compile(r"\A\s*" + r"\s*".join(blocks) + r"\s*\Z", re.DOTALL)
 
@@ -48,6 +53,19 @@ FORMATS: dict[str, FormatSpec] = {
             "1 if the response is exactly one <reasoning> block followed by one <answer> block or one <progress> "
             "block, else 0.",
             _sequence(_block("reasoning"), f"(?:{_block('answer')}|{_block('progress')})"),
+        ),
+        # RLMT (rollout.response_format, single round): think, then respond; a reward model reads the response.
+        FormatSpec(
+            "think_response",
+            "1 if the response is exactly one <think> block followed by a non-empty response without <think> "
+            "tags, else 0.",
+            _sequence(_block("think"), _RESPONSE),
+        ),
+        # RLMT's baseline without thinking: the response alone.
+        FormatSpec(
+            "response",
+            "1 if the response is non-empty and has no <think> tags, else 0.",
+            _sequence(_RESPONSE),
         ),
         # Self-rewarding correction: each turn answers, then judges its own answer.
         FormatSpec(

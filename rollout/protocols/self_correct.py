@@ -159,5 +159,5 @@ register_protocol("self_correct", Protocol(
     rollout=self_correct_rollout, check=_check, credits=("every_turn", "final_turn"),
     response_format=lambda settings: RESPONSE_FORMAT, spec=_spec, response=_final_attempt,
     finals=lambda e: [_final_attempt(e)],
-    graded=attempts, outcomes=outcomes, system_prompt=SYSTEM_PROMPT,
+    graded=attempts, outcomes=outcomes, system_prompt=lambda settings: SYSTEM_PROMPT,
 ))
