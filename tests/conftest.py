@@ -50,3 +50,19 @@ def rollout_pool(rollout_worker):
     from rollout.pool import RolloutPool
 
     return RolloutPool(lambda index: rollout_worker, 1)
+
+
+@pytest.fixture(scope="session")
+def demo_warm_start(tmp_path_factory):
+    """The demo's warm start (the tiny model SFT'd on the toy task), built once for the session: (model folder,
+    cache dir)."""
+    import dataclasses
+
+    from cluster.config import load_config
+    from cluster.tasks.warm_start import ensure_toy_warm_start
+
+    config = load_config("cluster/configs/demo.yaml")
+    cache = tmp_path_factory.mktemp("warm-start")
+    settings = dataclasses.replace(config.model.warm_start, dir=str(cache))
+    return str(ensure_toy_warm_start(settings, config.data.toy)), cache
+

@@ -3,7 +3,6 @@ and a short GRPO run from it raises held-out accuracy, judged by the grader on h
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import subprocess
@@ -18,14 +17,8 @@ DEMO = "cluster/configs/demo.yaml"
 
 
 @pytest.fixture(scope="session")
-def warm_start(tmp_path_factory):
-    """The demo's warm start, built once for the session: (model folder, cache dir)."""
-    from cluster.tasks.warm_start import ensure_toy_warm_start
-
-    config = load_config(DEMO)
-    cache = tmp_path_factory.mktemp("warm-start")
-    settings = dataclasses.replace(config.model.warm_start, dir=str(cache))
-    return str(ensure_toy_warm_start(settings, config.data.toy)), cache
+def warm_start(demo_warm_start):
+    return demo_warm_start
 
 
 def test_sft_model_greedy_output_under_vllm_equals_hf(ray_session, warm_start):
