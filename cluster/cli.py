@@ -172,9 +172,9 @@ def _run(args: argparse.Namespace, config) -> int:
     if args.command == "serve":  # one in-process engine: no Ray
         from cluster.serve import run_serve, served_key
 
-        served_key(args.host, args.api_key)  # before the engine loads: a refusal is immediate
+        key = served_key(args.host, args.api_key)  # before the model is read: a refusal is immediate
         preflight.check_served(config)
-        run_serve(config, args.host, args.port, args.api_key, args.model_name)
+        run_serve(config, args.host, args.port, key, args.model_name)
         return 0
     if cluster_address(config) is None:
         close_local_ray()

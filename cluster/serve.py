@@ -28,7 +28,7 @@ from starlette.exceptions import HTTPException
 
 from cluster.config import BadInput, RunConfig
 from rollout.engine import ABORTED, PROMPT_TOO_LONG
-from rollout.protocols import protocol_name
+from rollout.protocols import PROTOCOLS, protocol_name
 from rollout.records import SamplingSpec
 
 API_KEY_ENV = "MOTIF_API_KEY"
@@ -59,9 +59,9 @@ class Batcher:
 
     def _loop(self) -> None:
         while (call := self._calls.get()) is not None:
-            calls = [call]
-            try:
-                while (call := self._calls.get(timeout=self.window_s)) is not None:
+            calls, deadline = [call], time.monotonic() + self.window_s
+            try:  # the window is bounded, so a steady stream of calls cannot hold a batch back
+                while (call := self._calls.get(timeout=max(0.0, deadline - time.monotonic()))) is not None:
                     calls.append(call)
             except queue.Empty:
                 pass
@@ -171,8 +171,6 @@ class Server:
     """The served protocol and spec over one engine; `complete` answers one parsed chat request."""
 
     def __init__(self, engine, protocol: str, spec, model_name: str):
-        from rollout.protocols import PROTOCOLS
-
         self.engine, self.protocol, self.rules, self.spec = engine, protocol, PROTOCOLS[protocol], spec
         self.model_name, self.batcher = model_name, Batcher(engine)
 
@@ -347,7 +345,8 @@ def served_name(config: RunConfig, name: str | None) -> str:
     return name or (Path(config.eval.adapter).expanduser().resolve().name if config.eval.adapter else config.model.path)
 
 
-def run_serve(config: RunConfig, host: str, port: int, api_key: str | None, model_name: str | None) -> None:
+def run_serve(config: RunConfig, host: str, port: int, key: str | None, model_name: str | None) -> None:
+    """Serve until stopped; `key` from served_key."""
     import uvicorn
 
     from cluster.evaluation import held_out_spec
@@ -355,7 +354,6 @@ def run_serve(config: RunConfig, host: str, port: int, api_key: str | None, mode
     from cluster.workers import engine_settings
     from rollout.engine import VLLMEngine
 
-    key = served_key(host, api_key)
     model_path = resolve_model(config.model, config.data.toy)
     spec, rewards = held_out_spec(config, model_path)
     engine = VLLMEngine(model_path, require_cuda=config.rollout.num_gpus > 0, **engine_settings(config))
