@@ -1,4 +1,4 @@
-"""`motif` command line: train, sft, dpo, eval, build-traces, report, build-tiny-model."""
+"""`motif` command line: train, sft, dpo, eval, serve, build-traces, report, build-tiny-model."""
 
 from __future__ import annotations
 
@@ -71,6 +71,16 @@ def main(argv: list[str] | None = None) -> int:
                     "Evaluate through the vLLM rollout worker with the protocol of the train config; the eval "
                     "section sets rounds, max_tokens, temperature, n, the dataset split and eval.adapter. Writes "
                     "samples.jsonl and summary.json to eval.output_dir.")
+    serve = _config_command(commands, "serve", "serve the protocol behind an OpenAI-compatible endpoint",
+                            "Answer /v1/chat/completions by running the config's protocol (rollout.protocol, "
+                            "eval.rounds, eval.max_rounds, eval.adapter, sampled as `motif eval` samples) on "
+                            "the user's last message; the final turn is the answer, every turn is in motif_turns.")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; any other needs a key)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--api-key", help="the key every /v1 request must send as 'Authorization: Bearer KEY' "
+                       "(default: $MOTIF_API_KEY)")
+    serve.add_argument("--model-name", help="the model id clients ask for (default: the adapter folder's name, "
+                       "else model.path)")
     _config_command(commands, "build-traces", "stage 1 of self-correction: SFT traces from the model's own samples",
                     "Sequential rejection sampling with rollout.protocol=self_correct: first attempts, verdicts "
                     "until one agrees with the grader, corrections until one is right. Writes the kept traces as "
@@ -109,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         config = load_config(args.config, args.overrides, OFFLINE.get(args.command, (RunConfig,))[0],
-                             purpose="eval" if args.command in ("eval", "build-traces") else "train")
+                             purpose="eval" if args.command in ("eval", "serve", "build-traces") else "train")
     except ConfigError as e:
         print(f"motif: invalid config: {e}", file=sys.stderr)
         return 2
@@ -159,6 +169,13 @@ def _run(args: argparse.Namespace, config) -> int:
         return 0
     from cluster.workers import close_local_ray, cluster_address
 
+    if args.command == "serve":  # one in-process engine: no Ray
+        from cluster.serve import run_serve, served_key
+
+        key = served_key(args.host, args.api_key)  # before the model is read: a refusal is immediate
+        preflight.check_served(config)
+        run_serve(config, args.host, args.port, key, args.model_name)
+        return 0
     if cluster_address(config) is None:
         close_local_ray()
     if args.command == "eval":

@@ -23,7 +23,7 @@ from rewards.motivation import MOTIVATIONS
 from rollout.engine import ABORTED, PROMPT_TOO_LONG
 from rollout.protocols import PROTOCOLS, Protocol, protocol_name
 from rollout.protocols.motif import MotifSpec
-from rollout.records import RESPONSE, TRUNCATED, Episode, SamplingSpec
+from rollout.records import RESPONSE, TRUNCATED, Episode, SamplingSpec, Turn
 
 QUESTIONS_PER_CALL = 16  # rollout calls per progress-bar tick
 
@@ -200,6 +200,12 @@ def outcome_summary(prefix: str, samples: list[dict]) -> dict:
     return summary
 
 
+def sample_turns(episode: Episode) -> list[Turn]:
+    """The turns of one sample under eval_spec (one continuation): the root and its single chain, in order."""
+    chains = episode.chains()
+    return [episode.root] + (chains[0] if chains else [])
+
+
 class EvalFailed(RuntimeError):
     """Too many samples of an evaluation failed to generate for its numbers to mean anything."""
 
@@ -222,8 +228,7 @@ def evaluate(pool, problems: list[Problem], spec: MotifSpec, desc: str = "eval",
         # One chain per sample (eval_spec: one continuation), through the protocol's turns.
         for e in rules.rollout(pool.generate, [p.question for p in batch], spec):
             problem = batch[e.prompt_index]
-            chains = e.chains()
-            turns = [e.root] + (chains[0] if chains else [])
+            turns = sample_turns(e)
             responses = [t for t in turns if t.kind == RESPONSE]
             formats = [rules.response_format(spec)] * (len(responses) - 1) + [rules.final_format(spec)]
             samples.append({
@@ -275,6 +280,15 @@ def eval_folder(config: RunConfig) -> Path:
     return Path(config.eval.output_dir or Path(config.output_dir) / "eval").expanduser().resolve()
 
 
+def held_out_spec(config: RunConfig, model_path: str) -> tuple[MotifSpec, list]:
+    """eval_spec of the run's protocol, and the rewards its system prompts are worded from (close them when
+    done): what `motif eval` and `motif serve` sample with."""
+    # Only the system prompt needs them, when its motivation text is made of them.
+    rewards = build_rewards(config.reward.components, response_format(config),
+                            config.rollout.max_tokens) if config.reward.motivation in MOTIVATIONS else []
+    return eval_spec(config, rollout_spec(config, rewards, model_path)), rewards
+
+
 def run_eval(config: RunConfig) -> dict:
     """`motif eval`: the model (and eval.adapter) on the eval dataset; writes samples.jsonl and summary.json."""
     from cluster.console import quiet_driver
@@ -289,10 +303,7 @@ def run_eval(config: RunConfig) -> dict:
 
     problems = eval_problems(config)
     model_path = resolve_model(config.model, config.data.toy)
-    # Only the system prompt needs them, when its motivation text is made of them.
-    rewards = build_rewards(config.reward.components, response_format(config),
-                            config.rollout.max_tokens) if config.reward.motivation in MOTIVATIONS else []
-    spec = eval_spec(config, rollout_spec(config, rewards, model_path))
+    spec, rewards = held_out_spec(config, model_path)
     start_ray(config, log_dir)
     pool = start_rollout_pool(config, model_path)
     try:

@@ -193,14 +193,20 @@ def check_train(config: RunConfig) -> None:
     check_sampling(config, training=True)
 
 
-def check_eval(config: RunConfig, output_dir: Path) -> None:
+def check_served(config: RunConfig) -> None:
+    """The model and eval.adapter that `motif eval` and `motif serve` load."""
     from rollout.engine import vllm_lora_rank
 
     check_model(config.model.path)
-    load_eval_problems(config)
     if config.eval.adapter:
         model = config.model.path if config.model.path not in BUILT_HERE else ""
         check_adapter(config.eval.adapter, model, vllm_lora_rank(config.learner.lora_rank))
+
+
+def check_eval(config: RunConfig, output_dir: Path) -> None:
+    check_served(config)
+    load_eval_problems(config)
+    if config.eval.adapter:
         adapter = Path(config.eval.adapter).expanduser().resolve()
         if output_dir == adapter or adapter in output_dir.parents:
             raise BadInput(f"eval.output_dir {output_dir}: inside eval.adapter, whose files must not change; "

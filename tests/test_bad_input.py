@@ -49,6 +49,7 @@ def bad(tmp_path_factory, tiny_model):
 TRAIN = ["train", "--config", SMOKE]
 EVAL = ["eval", "--config", SMOKE, "eval.limit=2", "eval.n=1"]
 SFT = ["sft", "data.path={root}/sft.jsonl"]
+SERVE = ["serve", "--config", SMOKE]
 CASES = {
     # command line (with {root} / {tiny} / {out}), what the one line must name
     "train, missing model": (TRAIN + ["model.path=/nonexistent-model"], "model.path /nonexistent-model: no such folder"),
@@ -82,6 +83,13 @@ CASES = {
     "eval, adapter of another base model": (EVAL + ["model.path={tiny}", "eval.adapter={root}/adapter-other-base"],
                                             "another base model"),
     "eval, unwritable output folder": (EVAL + ["eval.output_dir={root}/a-file/eval"], "eval.output_dir"),
+    "serve, missing model": (SERVE + ["model.path=/nonexistent-model"], "model.path /nonexistent-model"),
+    "serve, missing adapter": (SERVE + ["eval.adapter={root}/no-adapter"], "eval.adapter {root}/no-adapter: no such folder"),
+    "serve, adapter of another rank": (SERVE + ["model.path={tiny}", "eval.adapter={root}/adapter-rank-16"],
+                                       "LoRA rank 16"),
+    "serve, beyond loopback without a key": (SERVE + ["--host", "0.0.0.0"],
+                                             "motif serve --host 0.0.0.0: beyond loopback every request needs a key; "
+                                             "pass --api-key or set MOTIF_API_KEY"),
     "sft, missing model": (["sft", "data.path={root}/wrong-fields.jsonl", "model.path=/nonexistent-model"],
                            "model.path /nonexistent-model"),
     "sft, corrupt config.json": (["sft", "data.path={root}/wrong-fields.jsonl", "model.path={root}/corrupt"],
@@ -122,7 +130,7 @@ def test_bad_input_fails_fast_in_one_line(case, bad, tmp_path):
         argv.append(f"output_dir={tmp_path / 'run'}")
     started = time.monotonic()
     done = subprocess.run([sys.executable, "-m", "cluster.cli", *argv], cwd=REPO, capture_output=True, text=True,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", "MOTIF_API_KEY": ""}, timeout=300)
     elapsed = time.monotonic() - started
     output = done.stdout + done.stderr
     lines = done.stderr.splitlines()
