@@ -140,3 +140,5 @@ def test_motif_dpo_step_raises_the_chosen_margin(tmp_path, tiny_model):
         sum(sequence_logprob(base, tokenizer, r["prompt"], r["chosen"]) for r in rows) / 4, abs=1e-4)
     after = margins(PeftModel.from_pretrained(base, out / "adapter").eval())
     assert all(a > b for a, b in zip(after, before)), (before, after)
+    card = (out / "adapter" / "README.md").read_text()  # the model card, beside the adapter PEFT just loaded
+    assert "library_name: peft" in card and "direct preference optimisation" in card and "- `learner.dpo_beta`" in card

@@ -43,6 +43,10 @@ def test_motif_sft_lora_writes_a_merged_model(tmp_path, tiny_model):
     assert delta.abs().max() > 1e-4  # LoRA merged into a targeted weight
     assert torch.equal(merged.model.embed_tokens.weight, base.model.embed_tokens.weight)  # untargeted: unchanged
     assert (out / "model" / "tokenizer.json").exists() and not list(out.glob("*.partial"))
+    # The model card: the base model it came from, the method, no held-out results (none were run).
+    card = (out / "model" / "README.md").read_text()
+    assert f"base_model: {tiny_model}" in card and "supervised fine-tuning" in card
+    assert "Not evaluated during the run" in card and "library_name" not in card
 
 
 @pytest.mark.parametrize("finetune", ["full", "lora"])
