@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run_failures() -> tuple[type[Exception], ...]:
     """Errors that end a run with a message of their own (what failed, and how to resume)."""
-    from cluster.loop.sync import RunStalled
+    from cluster.loop.train import RunStalled
     from cluster.evaluation import EvalFailed
     from cluster.workers import PlacementError
     from learner.group import LearnerDied
@@ -190,7 +190,7 @@ def _run(args: argparse.Namespace, config) -> int:
         run_build_traces(config)
     else:
         preflight.check_train(config)
-        from cluster.loop.sync import train
+        from cluster.loop.train import train
 
         train(config, resume=args.resume)
     return 0

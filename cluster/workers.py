@@ -136,8 +136,11 @@ def in_bundle(group, index: int) -> dict:
 
 def thread_count(config: RunConfig, num_cpus: float, sharing: int) -> int:
     """Torch / OpenMP threads of one actor. A local run splits the machine's cores between the actors that run
-    at the same time (the rollout workers, or the learner ranks); on a cluster an actor gets its num_cpus."""
+    at the same time (the rollout workers, or the learner ranks; both, when rollout.max_staleness overlaps
+    them); on a cluster an actor gets its num_cpus."""
     if cluster_address(config) is None:
+        if config.rollout.max_staleness:
+            sharing = config.rollout.num_workers + config.learner.num_ranks
         return max(1, (os.cpu_count() or 1) // sharing)
     return max(1, int(num_cpus))
 
@@ -197,16 +200,18 @@ def start_learner_group(config: RunConfig, model_path: str, resume_hint: str, gr
     from learner.actor import LearnerWorker
     from learner.group import LearnerGroup, rendezvous
     from learner.objectives import reads_whole_episodes
+    from learner.objectives.tis import for_staleness
 
     c, ranks = config.cluster, config.learner.num_ranks
     placement = (lambda r: in_bundle(group, bundles[r])) if group is not None else (lambda r: {})
     master = ray.get(rendezvous.options(**placement(0)).remote())
     threads = c.learner_threads or thread_count(config, c.learner_num_cpus, ranks)
+    learner = for_staleness(config.learner, config.rollout.max_staleness)
 
     def make_rank(rank: int):
         return LearnerWorker.options(
             num_cpus=c.learner_num_cpus, num_gpus=c.learner_num_gpus, runtime_env=actor_env(threads, f"learner-{rank}"), **placement(rank)
-        ).remote(model_path, config.learner, temperature=config.rollout.temperature, num_threads=threads,
+        ).remote(model_path, learner, temperature=config.rollout.temperature, num_threads=threads,
                  rank=rank, world_size=ranks, master=master, use_cuda=c.learner_num_gpus > 0)
 
     return LearnerGroup(make_rank, ranks, config.learner.mini_batch_size, config.learner.micro_batch_size, resume_hint,

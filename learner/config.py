@@ -62,6 +62,11 @@ class LearnerConfig:
     # Token-level truncated importance sampling against vLLM's logprobs (learner.objectives.tis): each token's
     # policy loss weighed by min(exp(old - vLLM), tis_cap); None: off (verl and TRL use 2 to 3)
     tis_cap: float | None = None
+    # How a policy loss corrects for sampling by another policy than the one trained (learner.objectives.tis):
+    # "tis" weighs each token by min(exp(old - vLLM), tis_cap); "decoupled" (AReaL's) weighs it by exp(old -
+    # vLLM) and leaves out the tokens whose weight is above tis_cap; "none"; "auto": "tis" where tis_cap is set
+    # or rollout.max_staleness >= 1 (rollouts of an older adapter), else "none". The cap is 2 where unset.
+    correction: str = "auto"
     # `motif dpo`, and `motif train` with policy_loss=dpo (learner.objectives.dpo): TRL's beta (how far from the
     # reference) and label_smoothing (cDPO)
     dpo_beta: float = 0.1
@@ -79,6 +84,7 @@ class LearnerConfig:
         from learner.objectives import OBJECTIVES
         from learner.objectives.aggregation import AGGREGATIONS
         from learner.objectives.kl import KL_ESTIMATORS
+        from learner.objectives.tis import CORRECTIONS
 
         if self.finetune not in ("lora", "full"):
             raise ValueError(f"learner.finetune must be 'lora' or 'full', got {self.finetune!r}")
@@ -118,13 +124,15 @@ class LearnerConfig:
             raise ValueError(f"learner.kl_in_reward_coef must be >= 0 (0: off), got {self.kl_in_reward_coef}")
         if self.tis_cap is not None and not self.tis_cap > 0:
             raise ValueError(f"learner.tis_cap must be > 0 (or null: off), got {self.tis_cap}")
+        if self.correction not in CORRECTIONS:
+            raise ValueError(f"learner.correction {self.correction!r} is not one of {', '.join(CORRECTIONS)}")
         if (self.policy_loss == "dpo") != (self.credit == "best_worst"):
             raise ValueError("learner.policy_loss=dpo trains the pairs that learner.credit=best_worst makes, and only "
                              f"those: set both or neither, got policy_loss={self.policy_loss}, credit={self.credit}")
         # dpo's reference term is its own (dpo_beta) and it reads no vLLM logprobs: these would be ignored.
         if self.policy_loss == "dpo" and (self.kl_coef or self.kl_in_reward_coef or self.tis_cap is not None
-                                          or self.mask_truncated):
-            raise ValueError("learner.kl_coef, kl_in_reward_coef, tis_cap and mask_truncated do not apply to "
+                                          or self.mask_truncated or self.correction in ("tis", "decoupled")):
+            raise ValueError("learner.kl_coef, kl_in_reward_coef, tis_cap, correction and mask_truncated do not apply to "
                              "learner.policy_loss=dpo (its reference term is learner.dpo_beta, its pairs are whole "
                              f"responses): set 0, 0, null and false, got {self.kl_coef}, {self.kl_in_reward_coef}, "
                              f"{self.tis_cap}, {self.mask_truncated}")

@@ -1,10 +1,11 @@
 """A `motif train` run that also records what reached the learner, for the behaviour-unchanged test.
 
-    python -m tests.golden_run OUT.json [train arguments...]
+    python -m tests.golden_run OUT.json [--overlapped] [train arguments...]
 
 OUT.json holds the run's per-step metrics (timings left out: they are the only part that is not a function of
 the config) and, per step, every trained sample: prompt and completion token ids, advantage and temperature,
-in the order the learner received them.
+in the order the learner received them. --overlapped runs the steps through the overlapped schedule
+(cluster/loop/overlap.py) whatever rollout.max_staleness is: at 0 it must train what the synchronous one does.
 """
 
 from __future__ import annotations
@@ -40,6 +41,12 @@ def record(out: Path, argv: list[str]) -> int:
         return original(self, samples, *args, **kwargs)
 
     LearnerGroup.train_step = recording
+    if "--overlapped" in argv:
+        from cluster.loop import train
+        from cluster.loop.overlap import Overlapped
+
+        argv = [a for a in argv if a != "--overlapped"]
+        train.schedule_for = lambda config: Overlapped
     code = cli.main(["train", *argv])
     run_dir = Path(next(a.split("=", 1)[1] for a in argv if a.startswith("output_dir=")))
     metrics = [{k: v for k, v in json.loads(line).items() if not k.startswith(TIMING_PREFIXES)}

@@ -315,3 +315,45 @@ def test_truncated_is_caps_the_weight_and_leaves_kl_unweighed():
             r = math.exp(float(LOGP[b, t] - OLD[b, t]))
             clip = min(max(r, 0.8), 1.2)
             assert float(logp.grad[b, t]) == pytest.approx(-weights[b][t] * clip * float(ADV[b, 0]) / 5, abs=1e-6)
+
+
+def test_decoupled_weighs_by_the_ratio_and_leaves_out_tokens_above_the_cap():
+    """AReaL's decoupled objective (learner.correction=decoupled), by hand: the weights exp(old - behaviour) are
+    e (above the cap 2: left out, weight 0), 1, e^0.5 and 1, e^-0.2; the surrogate is clipped around the
+    proximal policy (old) and weighed, the KL term is not. With behaviour = old it is the on-policy loss."""
+    cap = 2.0
+    weights = [[0.0, 1.0, math.exp(0.5)], [1.0, math.exp(-0.2), 0.0]]
+    expected = 0.0
+    for b in range(2):
+        a = float(ADV[b, 0])
+        for t in range(3):
+            if MASK[b, t]:
+                ratio = math.exp(float(LOGP[b, t]) - float(OLD[b, t]))
+                surrogate = max(-a * ratio, -a * min(max(ratio, 0.8), 1.2))
+                d = float(REF[b, t]) - float(LOGP[b, t])
+                expected += weights[b][t] * surrogate + 0.1 * (math.exp(d) - d - 1)
+    options = OBJECTIVES["clipped"].options(LearnerConfig(kl_coef=0.1, correction="decoupled", tis_cap=cap))
+    assert options["tis_mode"] == "decoupled" and options["tis_cap"] == cap
+    loss, metrics = clipped_loss(LOGP, MASK, old_logprobs=OLD, advantages=ADV, ref_logprobs=REF,
+                                 behaviour_logprobs=BEHAVIOUR, size=SIZE, **options)
+    assert float(loss) == pytest.approx(expected / 5, abs=1e-6)
+    assert float(metrics["tis_capped_frac"]) == 1
+    on_policy, _ = clipped_loss(LOGP, MASK, old_logprobs=OLD, advantages=ADV, ref_logprobs=REF,
+                                behaviour_logprobs=OLD.clone(), size=SIZE, **options)
+    assert float(on_policy) == pytest.approx(closed_form_clipped(0.2, 0.1, 5)[0], abs=1e-6)
+
+
+def test_a_correction_is_on_by_default_when_rollouts_may_be_stale():
+    """learner.correction=auto: none at rollout.max_staleness=0 (unless tis_cap is set), tis at S >= 1 with the
+    cap 2 where tis_cap is unset; an explicit none stays none; dpo reads no vLLM logprobs and gets none."""
+    from learner.objectives.tis import correction, correction_cap, for_staleness
+
+    cases = [(LearnerConfig(), 0, "none", None), (LearnerConfig(tis_cap=3.0), 0, "tis", 3.0),
+             (LearnerConfig(), 1, "tis", 2.0), (LearnerConfig(tis_cap=5.0), 2, "tis", 5.0),
+             (LearnerConfig(correction="none"), 2, "none", None),
+             (LearnerConfig(correction="decoupled"), 1, "decoupled", 2.0),
+             (LearnerConfig(policy_loss="dpo", credit="best_worst"), 2, "none", None)]
+    for config, staleness, mode, cap in cases:
+        resolved = for_staleness(config, staleness)
+        assert (correction(resolved), correction_cap(resolved)) == (mode, cap), (config, staleness)
+        assert ("behaviour_logprobs" in OBJECTIVES[resolved.policy_loss].needs(resolved)) == (cap is not None)

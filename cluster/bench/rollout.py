@@ -89,7 +89,7 @@ def pool_throughput(model: str, workers: int, calls, spec, repeats: int) -> floa
 
 def push_share(steps: int) -> dict:
     from cluster.config import load_config
-    from cluster.loop.sync import train
+    from cluster.loop.train import train
 
     with tempfile.TemporaryDirectory() as tmp:
         config = load_config(None, SMALL_RUN + [f"steps={steps}", f"output_dir={tmp}/run",

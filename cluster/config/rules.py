@@ -34,6 +34,10 @@ def check_run(config, training: bool) -> None:
     if training and learner.mask_truncated and protocol == "markovian" and r.carry == "tokens":
         raise ConfigError("learner.mask_truncated would leave out the rounds that rollout.carry=tokens carries over "
                           "at rollout.max_tokens by design (use carry=progress, or leave mask_truncated off)")
+    if training and r.max_staleness and (r.dynamic_sampling or (config.cluster.placement == "colocate" and r.num_gpus > 0)):
+        # Refills sample inside the step, and colocated engines sleep while the learner trains: neither overlaps.
+        raise ConfigError(f"rollout.max_staleness={r.max_staleness} overlaps rollouts with training: it does not "
+                          "combine with rollout.dynamic_sampling or with cluster.placement=colocate on GPUs")
     for term in config.reward.components:
         if term.name == "overlong":
             try:

@@ -134,6 +134,10 @@ class RolloutConfig:
     # bound the step trains the groups it has (0: drop the groups, sample nothing more)
     dynamic_sampling: bool = field(default=False, metadata=RESUME)
     dynamic_sampling_max_refills: int = field(default=3, metadata=RESUME)
+    # S: the rollouts of the next S steps run while a step trains (cluster/loop/overlap.py); a rollout starts only
+    # once its adapter would be at most S versions behind the learner's when its step trains. 0: one step after
+    # another, each sampling under the adapter the previous one pushed
+    max_staleness: int = 0
     max_model_len: int = 1024
     # GPU: the share of the GPU's memory the engine may use (weights + KV cache); None: 0.9, or 0.5 when
     # colocated with a learner rank. CPU: kv_cache_mb is the KV cache (None: 64); on GPU it overrides the share.
@@ -198,6 +202,8 @@ class RolloutConfig:
             raise ConfigError(f"rollout.kv_cache_mb must be >= 1, got {r.kv_cache_mb}")
         if r.max_num_seqs is not None and r.max_num_seqs < 1:
             raise ConfigError(f"rollout.max_num_seqs must be >= 1, got {r.max_num_seqs}")
+        if r.max_staleness < 0:
+            raise ConfigError(f"rollout.max_staleness must be >= 0 (0: synchronous), got {r.max_staleness}")
         if r.dynamic_sampling_max_refills < 0:
             raise ConfigError(f"rollout.dynamic_sampling_max_refills must be >= 0, got {r.dynamic_sampling_max_refills}")
         if not r.request_timeout_s > 0:

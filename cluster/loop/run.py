@@ -3,6 +3,7 @@ restored (the adapter a checkpoint holds pushed back to the engines)."""
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 from cluster.checkpoint import Checkpoints, load_state
@@ -10,9 +11,11 @@ from cluster.config import RunConfig
 from rollout.common import write_files
 from rollout.records import AdapterPayload
 
+AHEAD = "rollouts-ahead.pkl"  # an overlapped schedule's rollouts made ahead of their step
+
 
 class Run:
-    """The actors and state of one training run; a schedule (cluster/loop/sync.py) drives it."""
+    """The actors and state of one training run; a schedule (cluster/loop/sync.py, overlap.py) drives it."""
 
     def __init__(self, config: RunConfig, run_dir: Path):
         self.config, self.run_dir = config, run_dir
@@ -30,14 +33,27 @@ class Run:
         self.pool.wait_ready(timeout)
         self.learner.wait_ready(timeout)
 
-    def save(self, step: int, state: dict) -> Path:
+    def save(self, step: int, state: dict, ahead: dict | None = None) -> Path:
+        """`ahead`: the rollouts an overlapped schedule made for later steps, and the digests they claim; a resume
+        trains them instead of sampling those steps again."""
         import ray
 
         def write(folder: Path) -> None:
             self.learner.save_checkpoint(str(folder / "learner"))
             write_files(folder / "adapter", ray.get(self.pool.payload).files if self.pool.payload else {})
+            if ahead:
+                with (folder / AHEAD).open("wb") as f:
+                    pickle.dump(ahead, f)
 
         return self.checkpoints.save(step, {**state, "adapter_digest": self.pool.digest}, write)
+
+    @staticmethod
+    def saved_rollouts(folder: Path) -> dict:
+        """What `save` was given as `ahead`, or nothing."""
+        if not (folder / AHEAD).exists():
+            return {}
+        with (folder / AHEAD).open("rb") as f:
+            return pickle.load(f)
 
     def restore(self, folder: Path) -> dict:
         state = load_state(folder)

@@ -1,6 +1,7 @@
 """One training step, as a short sequence of calls: rollout -> score -> credit -> train -> push. It knows nothing
 of when it runs: evaluation, checkpoints and what to do after a step with nothing to learn from belong to the
-schedule (cluster/loop/sync.py); an asynchronous schedule reuses these parts."""
+run (cluster/loop/train.py), and when rollouts and pushes happen to its schedule (sync.py, overlap.py), which
+call sample_step and learn_step."""
 
 from __future__ import annotations
 
@@ -315,8 +316,9 @@ def sample_dynamically(parts: StepParts, batch: list[Problem], episodes: list[Ep
     return samples, metrics
 
 
-def train_and_push(parts: StepParts, samples: list[TrainSample], version: int) -> dict:
-    """One update, then every engine serves adapter `version`. Colocated on GPUs, the engines sleep through the
+def train_and_push(parts: StepParts, samples: list[TrainSample], version: int, push: Callable | None = None) -> dict:
+    """One update, then every engine serves adapter `version` (`push(pool, learner, version)`: at once by default;
+    an overlapped schedule hands it to its rollout thread). Colocated on GPUs, the engines sleep through the
     update and the learner hands its cached memory back before they wake for the push."""
     t0 = time.perf_counter()
     if parts.colocated:
@@ -326,19 +328,42 @@ def train_and_push(parts: StepParts, samples: list[TrainSample], version: int) -
     if parts.colocated:
         parts.learner.release_memory()
     t1 = time.perf_counter()
-    push(parts.pool, parts.learner, version)
+    (push or push_now)(parts.pool, parts.learner, version)
     return {**metrics, "time_learn": t1 - t0, "time_sync": time.perf_counter() - t1}
 
 
-def push(pool, learner, version: int) -> None:
+def push_now(pool, learner, version: int) -> None:
     digest, payload = learner.adapter_payload(version)
     pool.push(payload, digest, version)
 
 
-def run_step(parts: StepParts, batch: list[Problem], step: int) -> StepResult:
-    """Rollout -> score -> credit -> train -> push; the adapter trained here is served as version `step`."""
+@dataclass
+class StepRollout:
+    """What a step samples before it learns: its batch's attested episodes, the pool's counters and what was
+    dropped; an overlapped schedule makes these ahead of the step that trains them."""
+
+    batch: list[Problem]
+    episodes: list[Episode]
+    counters: dict
+    dropped: Counter
+    seconds: float
+
+
+def sample_step(parts: StepParts, batch: list[Problem], step: int) -> StepRollout:
     t0 = time.perf_counter()
     episodes, counters, dropped = rollout(parts, batch, step)
+    return StepRollout(batch, episodes, counters, dropped, time.perf_counter() - t0)
+
+
+def run_step(parts: StepParts, batch: list[Problem], step: int) -> StepResult:
+    """Rollout -> score -> credit -> train -> push; the adapter trained here is served as version `step`."""
+    return learn_step(parts, sample_step(parts, batch, step), step)
+
+
+def learn_step(parts: StepParts, rolled: StepRollout, step: int, push: Callable | None = None) -> StepResult:
+    """Score -> credit -> train -> push of a step's rollout; the adapter trained here is served as version
+    `step`."""
+    batch, episodes, counters, dropped = rolled.batch, rolled.episodes, rolled.counters, rolled.dropped
     t1 = time.perf_counter()
     dynamic = parts.config.rollout.dynamic_sampling
     samples, scored = [], {}
@@ -350,12 +375,12 @@ def run_step(parts: StepParts, batch: list[Problem], step: int) -> StepResult:
     metrics = {**counters, "rollout/stale_dropped": float(dropped["stale"]),
                "rollout/failed_samples": float(dropped["failed"]),
                "rollout/dropped_continuations": float(dropped["dropped_continuations"]),
-               **scored, "time_rollout": t1 - t0, "time_reward": t2 - t1}
+               **scored, "time_rollout": rolled.seconds, "time_reward": t2 - t1}
     kept = loss_samples(parts, samples)
     if parts.config.learner.mask_truncated:
         metrics["rollout/masked_truncated"] = float(len(samples) - len(kept))
     if kept:
-        return StepResult({**metrics, **train_and_push(parts, kept, step)}, trained=True)
+        return StepResult({**metrics, **train_and_push(parts, kept, step, push)}, trained=True)
     # Nothing to learn from (every prompt too long, every generation failed, every group scored alike, every
     # trained turn truncated, or the credit's counts say why it kept none).
     unusable = f"{dropped['failed']} failed, {dropped['stale']} stale"

@@ -11,7 +11,7 @@ import torch
 from learner.objectives import Objective, register_objective
 from learner.objectives.aggregation import BY_EPISODE, MiniBatchSize, aggregate
 from learner.objectives.kl import kl_estimate
-from learner.objectives.tis import with_tis
+from learner.objectives.tis import correction, correction_cap, with_tis
 
 
 def clipped_surrogate(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, *,
@@ -41,33 +41,34 @@ def with_kl(per_token: torch.Tensor, metrics: dict, logprobs: torch.Tensor, mask
 
 def clipped_loss(logprobs: torch.Tensor, response_mask: torch.Tensor, *, old_logprobs: torch.Tensor,
                  advantages: torch.Tensor, size: MiniBatchSize, ref_logprobs: torch.Tensor | None = None,
-                 behaviour_logprobs: torch.Tensor | None = None, tis_cap: float | None = None,
+                 behaviour_logprobs: torch.Tensor | None = None, tis_cap: float | None = None, tis_mode: str = "tis",
                  kl_coef: float = 0.0, kl_estimator: str = "k3", clip_low: float = 0.2, clip_high: float = 0.2,
                  aggregation: str = "token_mean", scale_tokens: int | None = None,
                  episode_tokens: torch.Tensor | None = None
                  ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     per_token, clipped = clipped_surrogate(logprobs, old_logprobs, advantages, clip_low=clip_low, clip_high=clip_high)
     metrics = {"clip_frac": (clipped * response_mask).sum()}
-    per_token = with_tis(per_token, metrics, response_mask, old_logprobs, behaviour_logprobs, tis_cap)
+    per_token = with_tis(per_token, metrics, response_mask, old_logprobs, behaviour_logprobs, tis_cap, tis_mode)
     per_token = with_kl(per_token, metrics, logprobs, response_mask, ref_logprobs, kl_coef, kl_estimator)
     return aggregate(per_token, response_mask, aggregation, size, scale_tokens, episode_tokens), metrics
 
 
 def policy_needs(config) -> frozenset[str]:
     return frozenset({"old_logprobs", "advantages"} | ({"ref_logprobs"} if config.kl_coef else set())
-                     | ({"behaviour_logprobs"} if config.tis_cap is not None else set())
+                     | ({"behaviour_logprobs"} if correction_cap(config) is not None else set())
                      | ({"episode_tokens"} if config.loss_aggregation in BY_EPISODE else set()))
 
 
 def policy_metrics(config) -> tuple[str, ...]:
     return ("clip_frac",) + (("kl",) if config.kl_coef else ()) + \
-        (("tis_capped_frac",) if config.tis_cap is not None else ())
+        (("tis_capped_frac",) if correction_cap(config) is not None else ())
 
 
 def policy_options(config) -> dict:
     return {"kl_coef": config.kl_coef, "kl_estimator": config.kl_estimator, "clip_low": config.clip_low,
             "clip_high": config.clip_high, "aggregation": config.loss_aggregation,
-            "scale_tokens": config.loss_scale_tokens, "tis_cap": config.tis_cap}
+            "scale_tokens": config.loss_scale_tokens, "tis_cap": correction_cap(config),
+            "tis_mode": correction(config)}
 
 
 CLIPPED = Objective(loss=clipped_loss, needs=policy_needs, metrics=policy_metrics, options=policy_options)

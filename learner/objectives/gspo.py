@@ -19,7 +19,7 @@ from learner.objectives.tis import with_tis
 
 def gspo_loss(logprobs: torch.Tensor, response_mask: torch.Tensor, *, old_logprobs: torch.Tensor,
               advantages: torch.Tensor, size: MiniBatchSize, ref_logprobs: torch.Tensor | None = None,
-              behaviour_logprobs: torch.Tensor | None = None, tis_cap: float | None = None,
+              behaviour_logprobs: torch.Tensor | None = None, tis_cap: float | None = None, tis_mode: str = "tis",
               kl_coef: float = 0.0, kl_estimator: str = "k3", clip_low: float = 3e-4, clip_high: float = 4e-4,
               aggregation: str = "token_mean", scale_tokens: int | None = None,
               episode_tokens: torch.Tensor | None = None
@@ -29,7 +29,7 @@ def gspo_loss(logprobs: torch.Tensor, response_mask: torch.Tensor, *, old_logpro
     ratio = torch.exp(logprobs - logprobs.detach() + sequence_log_ratio.detach()[:, None])
     per_token, clipped = bounded(ratio, advantages, clip_low, clip_high)
     metrics = {"clip_frac": (clipped * response_mask).sum()}
-    per_token = with_tis(per_token, metrics, response_mask, old_logprobs, behaviour_logprobs, tis_cap)
+    per_token = with_tis(per_token, metrics, response_mask, old_logprobs, behaviour_logprobs, tis_cap, tis_mode)
     per_token = with_kl(per_token, metrics, logprobs, response_mask, ref_logprobs, kl_coef, kl_estimator)
     return aggregate(per_token, response_mask, aggregation, size, scale_tokens, episode_tokens), metrics
 
