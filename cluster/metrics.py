@@ -21,6 +21,8 @@ CONSOLE_FIELDS = [
     ("time_reward", "reward", "{:.2f}s"),
     ("time_learn", "learn", "{:.1f}s"),
     ("time_sync", "sync", "{:.2f}s"),
+    ("rollout/staleness_mean", "stale", "{:.1f}"),  # rollout.max_staleness >= 1
+    ("time_wait_rollout", "waited", "{:.2f}s"),
 ]
 
 

@@ -47,6 +47,8 @@ def test_demo_config_loads_and_overrides_apply():
     ("model.warm_start.rlmt=maybe", "model.warm_start.rlmt: expected true or false"),
     ("traces.max_tries=0", "traces.max_tries must be >= 1"),
     ("learner.tis_cap=0", "learner.tis_cap must be > 0"),
+    ("learner.correction=clip", "learner.correction 'clip' is not one of auto, none, tis, decoupled"),
+    ("rollout.max_staleness=-1", "rollout.max_staleness must be >= 0"),
     ("learner.kl_in_reward_coef=-0.1", "learner.kl_in_reward_coef must be >= 0"),
     ("learner.mask_truncated=sometimes", "learner.mask_truncated: expected true or false"),
     ("logging.trackers=[comet]", "logging.trackers must list distinct names of tensorboard, wandb, mlflow"),

@@ -9,7 +9,7 @@ arm gives single-round GRPO MOTIF's total budget (3 rounds' worth) in one round;
 continuation rounds as well as round 1 (learner.credit=every_round). Each is evaluated on
 held-out questions in its own protocol and budget, at step 0 and at the last step (--every adds more).
 `--arms motivation` runs MeRF's ablation instead (or beside, `--arms protocols motivation`): MOTIF told of its
-reward in each reward.motivation mode.
+reward in each reward.motivation mode. `--arms staleness`: MOTIF at rollout.max_staleness 0, 1 and 2.
 
     python -m cluster.bench.learning --operations 4 6 8 10 --warm-starts 0 1 --seeds 0 1 2 --steps 30
 
@@ -54,7 +54,10 @@ METHODS = {
 # other's weights, or the opposite of what is scored.
 MOTIVATION_ARMS = {f"motif, motivation {mode}": [*METHODS["motif, 3 rounds"], f"reward.motivation={mode}"]
                    for mode in MODES}
-ARMS = {"protocols": METHODS, "motivation": MOTIVATION_ARMS}
+# Overlapped training (docs/async.md): MOTIF with its next S steps' rollouts sampled while a step trains.
+STALENESS_ARMS = {f"motif, staleness {s}": [*METHODS["motif, 3 rounds"], f"rollout.max_staleness={s}"]
+                  for s in (0, 1, 2)}
+ARMS = {"protocols": METHODS, "motivation": MOTIVATION_ARMS, "staleness": STALENESS_ARMS}
 EVERY_METHOD = {method: overrides for arms in ARMS.values() for method, overrides in arms.items()}
 
 
@@ -269,7 +272,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", default="runs/learning-grid")
     parser.add_argument("--report", action="store_true", help="summarise the finished runs; start none")
     parser.add_argument("--arms", nargs="+", choices=ARMS, default=["protocols"],
-                        help="protocols: GRPO against MOTIF; motivation: MOTIF under each reward.motivation mode")
+                        help="protocols: GRPO against MOTIF; motivation: MOTIF under each reward.motivation mode; "
+                             "staleness: MOTIF at rollout.max_staleness 0, 1, 2")
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     args = parser.parse_args(argv)
     methods = [method for arms in args.arms for method in ARMS[arms]]

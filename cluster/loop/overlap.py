@@ -21,6 +21,7 @@ At S=0 this is the synchronous loop, call for call (tests/test_behaviour_unchang
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from contextlib import contextmanager
 from dataclasses import replace
@@ -117,10 +118,12 @@ class Overlapped:
     def step(self, step: int, version: int) -> StepResult:
         """Train step `step` on its rollout (waiting for it if it is still being made); the learner's adapter is
         `version` until this step pushes its own."""
+        t0 = time.perf_counter()
         with self.cond:
             self._wait(lambda: step in self.ready)
             rolled = self.ready.pop(step)
             digests = dict(self.digests)
+        waited = time.perf_counter() - t0
         rolled, window = in_window(rolled, version, self.max_staleness, digests)
         if not rolled.episodes and (window["rollout/outside_window"] or rolled.dropped["stale"]):
             self.outside_streak += 1
@@ -134,7 +137,7 @@ class Overlapped:
         result = learn_step(self.parts, rolled, step, push=self._push)
         if not result.trained:
             self._enqueue(("skip", step))
-        result.metrics.update(window)
+        result.metrics.update(window, time_wait_rollout=waited)  # what the overlap did not hide
         return result
 
     def _push(self, pool, learner, version: int) -> None:

@@ -5,6 +5,7 @@ the end; a stop after `max_skipped_steps` steps in a row with nothing to learn."
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import yaml
@@ -88,8 +89,9 @@ def train(config: RunConfig, resume: str | None = None) -> Path:
         try:
             for step in tqdm(range(first, config.steps + 1), desc="train", unit="step", initial=first - 1,
                              total=config.steps):
+                t0 = time.perf_counter()
                 result = schedule.step(step, version)
-                metrics = result.metrics
+                metrics = {**result.metrics, "time_step": time.perf_counter() - t0}
                 if result.trained:
                     version, unusable = step, 0
                 else:
