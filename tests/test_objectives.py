@@ -285,13 +285,8 @@ def test_truncated_is_against_the_learners_own_logprobs_is_the_on_policy_loss(na
         assert float(weighted) == pytest.approx(closed_form_clipped(0.2, 0.1, 5)[0], abs=1e-6)
 
 
-def test_truncated_is_caps_the_weight_and_leaves_kl_unweighed():
-    """By hand: the weights exp(old - behaviour) are e (capped at 2), 1, e^0.5 and 1, e^-0.2; the surrogate is
-    weighed, the KL term is not, and the weight carries no gradient (cispo's gradient is -w_tis * w_clip * A)."""
-    from learner.objectives.cispo import cispo_loss
-
-    cap = 2.0
-    weights = [[cap, 1.0, math.exp(0.5)], [1.0, math.exp(-0.2), 0.0]]
+def weighed_clipped_by_hand(weights: list[list[float]]) -> float:
+    """The clipped surrogate (clip 0.2) with each token weighed by `weights`, plus k3 KL at 0.1, token sum."""
     expected = 0.0
     for b in range(2):
         a = float(ADV[b, 0])
@@ -301,6 +296,17 @@ def test_truncated_is_caps_the_weight_and_leaves_kl_unweighed():
                 surrogate = max(-a * ratio, -a * min(max(ratio, 0.8), 1.2))
                 d = float(REF[b, t]) - float(LOGP[b, t])
                 expected += weights[b][t] * surrogate + 0.1 * (math.exp(d) - d - 1)
+    return expected
+
+
+def test_truncated_is_caps_the_weight_and_leaves_kl_unweighed():
+    """By hand: the weights exp(old - behaviour) are e (capped at 2), 1, e^0.5 and 1, e^-0.2; the surrogate is
+    weighed, the KL term is not, and the weight carries no gradient (cispo's gradient is -w_tis * w_clip * A)."""
+    from learner.objectives.cispo import cispo_loss
+
+    cap = 2.0
+    weights = [[cap, 1.0, math.exp(0.5)], [1.0, math.exp(-0.2), 0.0]]
+    expected = weighed_clipped_by_hand(weights)
     loss, metrics = clipped_loss(LOGP, MASK, old_logprobs=OLD, advantages=ADV, ref_logprobs=REF, kl_coef=0.1,
                                  behaviour_logprobs=BEHAVIOUR, tis_cap=cap, size=SIZE)
     assert float(loss) == pytest.approx(expected / 5, abs=1e-6)
@@ -323,15 +329,7 @@ def test_decoupled_weighs_by_the_ratio_and_leaves_out_tokens_above_the_cap():
     proximal policy (old) and weighed, the KL term is not. With behaviour = old it is the on-policy loss."""
     cap = 2.0
     weights = [[0.0, 1.0, math.exp(0.5)], [1.0, math.exp(-0.2), 0.0]]
-    expected = 0.0
-    for b in range(2):
-        a = float(ADV[b, 0])
-        for t in range(3):
-            if MASK[b, t]:
-                ratio = math.exp(float(LOGP[b, t]) - float(OLD[b, t]))
-                surrogate = max(-a * ratio, -a * min(max(ratio, 0.8), 1.2))
-                d = float(REF[b, t]) - float(LOGP[b, t])
-                expected += weights[b][t] * surrogate + 0.1 * (math.exp(d) - d - 1)
+    expected = weighed_clipped_by_hand(weights)
     options = OBJECTIVES["clipped"].options(LearnerConfig(kl_coef=0.1, correction="decoupled", tis_cap=cap))
     assert options["tis_mode"] == "decoupled" and options["tis_cap"] == cap
     loss, metrics = clipped_loss(LOGP, MASK, old_logprobs=OLD, advantages=ADV, ref_logprobs=REF,
