@@ -3,6 +3,7 @@ carried), n samples per question, graded by the bounded grader. Used by `motif e
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import statistics
@@ -289,6 +290,24 @@ def held_out_spec(config: RunConfig, model_path: str) -> tuple[MotifSpec, list]:
     return eval_spec(config, rollout_spec(config, rewards, model_path)), rewards
 
 
+@contextlib.contextmanager
+def eval_pool(config: RunConfig, model_path: str, log_dir: Path | None = None):
+    """The rollout pool `motif eval` samples through: Ray started, the workers ready, eval.adapter loaded."""
+    from cluster.workers import start_ray, start_rollout_pool
+    from rollout.records import AdapterPayload
+
+    start_ray(config, log_dir)
+    pool = start_rollout_pool(config, model_path)
+    try:
+        pool.wait_ready(config.cluster.ready_timeout_s)
+        if config.eval.adapter:
+            payload = AdapterPayload.from_folder(1, Path(config.eval.adapter))
+            pool.push(payload, payload.digest, 1)
+        yield pool
+    finally:
+        pool.shutdown()
+
+
 def run_eval(config: RunConfig) -> dict:
     """`motif eval`: the model (and eval.adapter) on the eval dataset; writes samples.jsonl and summary.json."""
     from cluster.console import quiet_driver
@@ -298,23 +317,15 @@ def run_eval(config: RunConfig) -> dict:
     if log_dir is not None:
         quiet_driver(log_dir)  # before the model code imports DeepSpeed, which prints as it is imported
     from cluster.models import resolve_model
-    from cluster.workers import start_ray, start_rollout_pool
-    from rollout.records import AdapterPayload
 
     problems = eval_problems(config)
     model_path = resolve_model(config.model, config.data.toy)
     spec, rewards = held_out_spec(config, model_path)
-    start_ray(config, log_dir)
-    pool = start_rollout_pool(config, model_path)
     try:
-        pool.wait_ready(config.cluster.ready_timeout_s)
-        if config.eval.adapter:
-            payload = AdapterPayload.from_folder(1, Path(config.eval.adapter))
-            pool.push(payload, payload.digest, 1)
-        summary, samples = evaluate(pool, problems, spec, max_failed_fraction=config.eval.max_failed_fraction,
-                                    protocol=config.rollout.protocol)
+        with eval_pool(config, model_path, log_dir) as pool:
+            summary, samples = evaluate(pool, problems, spec, max_failed_fraction=config.eval.max_failed_fraction,
+                                        protocol=config.rollout.protocol)
     finally:
-        pool.shutdown()
         for reward in rewards:
             reward.close()
     summary = {"model": model_path, "adapter": config.eval.adapter, "dataset": config.eval.path or config.data.path,

@@ -27,66 +27,17 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
 from cluster.config import BadInput, RunConfig
-from rollout.engine import ABORTED, PROMPT_TOO_LONG
+from rollout.engine import ABORTED, PROMPT_TOO_LONG, EngineDead
 from rollout.protocols import PROTOCOLS, protocol_name
 from rollout.records import SamplingSpec
 
 API_KEY_ENV = "MOTIF_API_KEY"
 MAX_CHOICES = 16  # `n`: episodes per request
 BATCH_WINDOW_S = 0.01  # how long the batching thread waits for more calls once one is pending
+DOWN_POLL_S = 1.0  # how often a waiting request checks that the engine can still answer it
 # The request fields that would change what is sampled in a way no protocol supports: refused, not ignored.
 UNSUPPORTED = ("stop", "logprobs", "top_logprobs", "tools", "functions", "tool_choice", "response_format",
                "logit_bias", "seed")
-
-
-class Batcher:
-    """`generate(conversations, spec, use_adapter)` for many threads at once, over one engine."""
-
-    def __init__(self, engine, window_s: float = BATCH_WINDOW_S):
-        self.engine, self.window_s = engine, window_s
-        self._calls: queue.Queue = queue.Queue()
-        self._thread = threading.Thread(target=self._loop, name="motif-batcher", daemon=True)
-        self._thread.start()
-
-    def generate(self, conversations, spec: SamplingSpec, use_adapter: bool = True):
-        future: Future = Future()
-        self._calls.put((conversations, spec, use_adapter, future))
-        return future.result()
-
-    def close(self) -> None:
-        self._calls.put(None)
-        self._thread.join()
-
-    def _loop(self) -> None:
-        while (call := self._calls.get()) is not None:
-            calls, deadline = [call], time.monotonic() + self.window_s
-            try:  # the window is bounded, so a steady stream of calls cannot hold a batch back
-                while (call := self._calls.get(timeout=max(0.0, deadline - time.monotonic()))) is not None:
-                    calls.append(call)
-            except queue.Empty:
-                pass
-            groups: dict = {}
-            for c in calls:
-                groups.setdefault((c[1], c[2]), []).append(c)
-            for (spec, use_adapter), group in groups.items():
-                self._run(group, spec, use_adapter)
-            if call is None:
-                return
-
-    def _run(self, group: list, spec: SamplingSpec, use_adapter: bool) -> None:
-        try:
-            outputs = self.engine.generate([c for call in group for c in call[0]], spec, use_adapter=use_adapter)
-        except Exception as e:
-            if len(group) == 1:
-                group[0][3].set_exception(e)
-            else:  # one request's failure stays its own: each is tried alone
-                for call in group:
-                    self._run([call], spec, use_adapter)
-            return
-        start = 0
-        for conversations, _, _, future in group:
-            future.set_result(outputs[start : start + len(conversations)])
-            start += len(conversations)
 
 
 class RequestError(Exception):
@@ -99,6 +50,86 @@ class RequestError(Exception):
 
     def body(self) -> dict:
         return {"error": {"message": str(self), "type": self.kind, "param": self.param, "code": self.code}}
+
+
+def engine_down(why: str) -> RequestError:
+    return RequestError(503, f"motif serve cannot generate any more: {why}; restart it", None, "engine_down",
+                        "server_error")
+
+
+class Batcher:
+    """`generate(conversations, spec, use_adapter)` for many threads at once, over one engine."""
+
+    def __init__(self, engine, window_s: float = BATCH_WINDOW_S):
+        self.engine, self.window_s = engine, window_s
+        self.failure: str | None = None  # why nothing can be generated any more; never cleared
+        self._calls: queue.Queue = queue.Queue()
+        self._thread = threading.Thread(target=self._loop, name="motif-batcher", daemon=True)
+        self._thread.start()
+
+    def down(self) -> str | None:
+        """Why no call can be served any more (the engine died, or the batching thread stopped); None if it can."""
+        if self.failure is None and not self._thread.is_alive():
+            self.failure = "the batching thread stopped"
+        return self.failure
+
+    def generate(self, conversations, spec: SamplingSpec, use_adapter: bool = True):
+        """The engine's completions; a 503 RequestError once the engine or this thread is down."""
+        if (why := self.down()) is not None:
+            raise engine_down(why)
+        future: Future = Future()
+        self._calls.put((conversations, spec, use_adapter, future))
+        while True:  # a call the thread took with it when it stopped gets no result: stop waiting for one
+            try:
+                return future.result(timeout=DOWN_POLL_S)
+            except TimeoutError:
+                if (why := self.down()) is not None:
+                    raise engine_down(why) from None
+
+    def close(self) -> None:
+        self._calls.put(None)
+        self._thread.join()
+
+    def _loop(self) -> None:
+        try:
+            while (call := self._calls.get()) is not None:
+                calls, deadline = [call], time.monotonic() + self.window_s
+                try:  # the window is bounded, so a steady stream of calls cannot hold a batch back
+                    while (call := self._calls.get(timeout=max(0.0, deadline - time.monotonic()))) is not None:
+                        calls.append(call)
+                except queue.Empty:
+                    pass
+                groups: dict = {}
+                for c in calls:
+                    groups.setdefault((c[1], c[2]), []).append(c)
+                for (spec, use_adapter), group in groups.items():
+                    self._run(group, spec, use_adapter)
+                if call is None:
+                    return
+        finally:
+            self.failure = self.failure or "the batching thread stopped"
+
+    def _run(self, group: list, spec: SamplingSpec, use_adapter: bool) -> None:
+        if self.failure is not None:
+            for call in group:
+                call[3].set_exception(engine_down(self.failure))
+            return
+        try:
+            outputs = self.engine.generate([c for call in group for c in call[0]], spec, use_adapter=use_adapter)
+        except Exception as e:
+            if isinstance(e, EngineDead):  # no retry can succeed
+                self.failure = f"the vLLM engine died ({e})"
+                self._run(group, spec, use_adapter)
+            elif len(group) == 1:
+                group[0][3].set_exception(e)
+            else:  # one request's failure stays its own: each is tried alone
+                for call in group:
+                    self._run([call], spec, use_adapter)
+            return
+        start = 0
+        for conversations, _, _, future in group:
+            future.set_result(outputs[start : start + len(conversations)])
+            start += len(conversations)
 
 
 def _bad(message: str, param: str | None = None, code: str | None = None) -> RequestError:
@@ -180,6 +211,8 @@ class Server:
 
     def check(self, body: dict):
         """(question, spec) of a request, or a RequestError."""
+        if (why := self.batcher.down()) is not None:
+            raise engine_down(why)
         if body.get("model") != self.model_name:
             raise RequestError(404, f"model {body.get('model')!r} is not served here; this server serves "
                                     f"{self.model_name!r}", "model", "model_not_found")
@@ -276,7 +309,8 @@ def build_app(server: Server, api_key: str | None):
     def error(e: RequestError) -> JSONResponse:
         return JSONResponse(e.body(), status_code=e.status)
 
-    def authorized(request: Request) -> None:
+    # The routes that never block are async: they answer on the event loop while every request thread waits.
+    async def authorized(request: Request) -> None:
         if api_key is None:
             return
         header = request.headers.get("authorization", "")
@@ -292,20 +326,23 @@ def build_app(server: Server, api_key: str | None):
         RequestError(500, f"internal error: {type(e).__name__}: {e}", kind="server_error")))
 
     @app.get("/health")
-    def health() -> dict:
+    async def health():
+        if (why := server.batcher.down()) is not None:
+            return error(engine_down(why))
         return {"status": "ok"}
 
     @app.get("/v1/models", dependencies=[Depends(authorized)])
-    def models() -> dict:
+    async def models() -> dict:
         return {"object": "list", "data": [server.model_card()]}
 
     @app.get("/v1/models/{name:path}", dependencies=[Depends(authorized)])
-    def model(name: str) -> dict:
+    async def model(name: str) -> dict:
         if name != server.model_name:
             raise RequestError(404, f"model {name!r} is not served here", "model", "model_not_found")
         return server.model_card()
 
-    # A plain function: FastAPI runs it in its thread pool, where the protocol blocks on the batching thread.
+    # A plain function: FastAPI runs it in its thread pool (anyio's, 40 threads; more requests wait for one),
+    # where the protocol blocks on the batching thread.
     @app.post("/v1/chat/completions", dependencies=[Depends(authorized)])
     def chat_completions(body: dict):
         question, spec = server.check(body)

@@ -13,6 +13,10 @@ ABORTED = "abort"  # generation did not finish: vLLM aborted it, or its worker f
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
 
+class EngineDead(RuntimeError):
+    """The engine can generate nothing more: vLLM's engine core is gone (its EngineDeadError)."""
+
+
 def vllm_lora_rank(rank: int) -> int:
     """The smallest rank vLLM supports that holds an adapter of `rank`."""
     for supported in VLLM_LORA_RANKS:
@@ -149,6 +153,7 @@ class VLLMEngine:
         """
         import torch
         from vllm import SamplingParams, TokensPrompt
+        from vllm.v1.engine.exceptions import EngineDeadError
 
         self._awake()
         if seed is not None:
@@ -171,12 +176,15 @@ class VLLMEngine:
         lora = self._lora if use_adapter else None
         version = self.adapter_version if lora is not None else 0
         digest = self.adapter_digest if lora is not None else ""
-        outputs = self.llm.generate(
-            [TokensPrompt(prompt_token_ids=prompt_ids[i]) for i in runnable],
-            params,
-            lora_request=lora,
-            use_tqdm=False,
-        ) if runnable else []
+        try:
+            outputs = self.llm.generate(
+                [TokensPrompt(prompt_token_ids=prompt_ids[i]) for i in runnable],
+                params,
+                lora_request=lora,
+                use_tqdm=False,
+            ) if runnable else []
+        except EngineDeadError as e:  # callers tell a dead engine from a failed request without importing vLLM
+            raise EngineDead(str(e)) from e
 
         results: list[list[Completion]] = [
             [Completion(ids, [], "", [], PROMPT_TOO_LONG, version, digest)] * spec.n for ids in prompt_ids

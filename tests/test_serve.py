@@ -3,10 +3,12 @@ subprocess on loopback over the tiny model) through the real `openai` client, on
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -14,7 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from cluster.serve import Batcher, RequestError, question_of, request_spec, served_key
+from cluster.serve import Batcher, RequestError, Server, build_app, question_of, request_spec, served_key
+from rollout.engine import EngineDead
 from rollout.protocols.motif import MotifSpec
 from rollout.records import Completion, SamplingSpec
 from tests.conftest import REPO
@@ -110,6 +113,63 @@ def test_a_key_is_required_beyond_loopback(monkeypatch):
         served_key("0.0.0.0", None)
 
 
+class Fatal(BaseException):
+    """What no `except Exception` catches: it stops the batching thread."""
+
+
+class GatedEngine(EchoEngine):
+    """EchoEngine whose calls wait for `gate`, then raise `error` when one is set."""
+
+    max_model_len = 512
+
+    class tokenizer:
+        @staticmethod
+        def encode(text, add_special_tokens=False):
+            return text.split()
+
+    def __init__(self):
+        super().__init__()
+        self.gate, self.error = threading.Event(), None
+
+    def generate(self, conversations, spec, use_adapter=True):
+        self.gate.wait()
+        if self.error is not None:
+            raise self.error
+        return super().generate(conversations, spec, use_adapter)
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+@pytest.mark.parametrize("error,why", [(EngineDead("EngineCore encountered an issue"), "the vLLM engine died"),
+                                       (Fatal(), "the batching thread stopped")])
+def test_a_dead_engine_answers_503_on_health_and_to_every_request(error, why):
+    from fastapi.testclient import TestClient
+
+    # A real engine dies with vLLM's EngineDeadError, which VLLMEngine.generate raises as EngineDead (seen by
+    # killing the EngineCore process of a VLLM_ENABLE_V1_MULTIPROCESSING=1 server: a 25 s start, too slow to
+    # repeat here); the stand-in raises it at the same seam, the engine's generate.
+    engine = GatedEngine()
+    server = Server(engine, "single", dataclasses.replace(BASE, rounds=1, continuations=1), "m")
+    with TestClient(build_app(server, None)) as client, ThreadPoolExecutor(8) as pool:
+        assert client.get("/health").status_code == 200
+        # Requests in flight when it dies: one in the engine's call, the rest queued behind it.
+        waiting = [pool.submit(server.episodes, f"q{i}", server.spec) for i in range(8)]
+        time.sleep(0.2)
+        engine.error = error
+        engine.gate.set()
+        for future in waiting:
+            with pytest.raises(RequestError) as e:
+                future.result(timeout=10)
+            assert e.value.status == 503 and e.value.code == "engine_down"
+        health = client.get("/health")
+        assert health.status_code == 503 and why in health.json()["error"]["message"]
+        assert health.json()["error"]["type"] == "server_error"
+        start = time.monotonic()
+        reply = client.post("/v1/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": "q"}]})
+        assert reply.status_code == 503 and reply.json()["error"]["code"] == "engine_down"
+        assert time.monotonic() - start < 1  # refused at once, never queued
+    assert len(engine.calls) <= 1  # after the failure no call reaches the engine
+
+
 # --- the real server -------------------------------------------------------------------------------------------
 
 
@@ -179,6 +239,16 @@ def test_concurrent_requests_all_complete(motif_server, tiny_model):
         replies = list(pool.map(lambda i: _ask(client, tiny_model, f"What is {i}+{i}?", max_tokens=6), range(6)))
     assert all(len(r.choices[0].motif_turns) == ROUNDS for r in replies)
     assert len({r.id for r in replies}) == 6
+
+
+def test_more_concurrent_requests_than_request_threads_all_complete(motif_server, tiny_model):
+    # FastAPI runs 40 requests at once; the others wait for a thread, and /health answers meanwhile.
+    client = _client(motif_server)
+    with ThreadPoolExecutor(44) as pool:
+        replies = pool.map(lambda i: _ask(client, tiny_model, f"What is {i}-1?", max_tokens=4), range(44))
+        with urllib.request.urlopen(motif_server.removesuffix("/v1") + "/health", timeout=10) as r:
+            assert r.status == 200
+        assert all(len(r.choices[0].motif_turns) == ROUNDS for r in replies)
 
 
 def test_streaming_sends_each_round_then_the_answer(motif_server, tiny_model):
