@@ -131,11 +131,14 @@ class LearnerConfig:
                              f"those: set both or neither, got policy_loss={self.policy_loss}, credit={self.credit}")
         # dpo's reference term is its own (dpo_beta) and it reads no vLLM logprobs: these would be ignored.
         if self.policy_loss == "dpo" and (self.kl_coef or self.kl_in_reward_coef or self.tis_cap is not None
-                                          or self.mask_truncated or self.correction in ("tis", "decoupled")):
-            raise ValueError("learner.kl_coef, kl_in_reward_coef, tis_cap, correction and mask_truncated do not apply to "
+                                          or self.mask_truncated):
+            raise ValueError("learner.kl_coef, kl_in_reward_coef, tis_cap and mask_truncated do not apply to "
                              "learner.policy_loss=dpo (its reference term is learner.dpo_beta, its pairs are whole "
                              f"responses): set 0, 0, null and false, got {self.kl_coef}, {self.kl_in_reward_coef}, "
                              f"{self.tis_cap}, {self.mask_truncated}")
+        if self.policy_loss == "dpo" and self.correction in ("tis", "decoupled"):
+            raise ValueError(f"learner.correction={self.correction} weighs tokens by vLLM's logprobs, which "
+                             "learner.policy_loss=dpo does not read: set learner.correction to auto or none")
         if not self.dpo_beta > 0 or not 0 <= self.dpo_label_smoothing < 0.5:
             raise ValueError(f"learner.dpo_beta must be > 0 and learner.dpo_label_smoothing in [0, 0.5), got "
                              f"{self.dpo_beta}, {self.dpo_label_smoothing}")

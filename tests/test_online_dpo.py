@@ -93,6 +93,8 @@ def test_a_step_counts_tied_groups_and_says_why_it_trained_nothing(tmp_path):
     (["learner.policy_loss=dpo", "learner.credit=best_worst", "learner.tis_cap=2"], "got 0.0, 0.0, 2.0, False"),
     (["learner.policy_loss=dpo", "learner.credit=best_worst", "learner.kl_in_reward_coef=0.1"], "got 0.0, 0.1, None"),
     (["learner.policy_loss=dpo", "learner.credit=best_worst", "learner.mask_truncated=true"], "None, True"),
+    (["learner.policy_loss=dpo", "learner.credit=best_worst", "learner.correction=decoupled"],
+     "learner.correction=decoupled weighs tokens by vLLM's logprobs"),
     (["learner.policy_loss=dpo", "learner.credit=best_worst", "rollout.protocol=self_correct", "rollout.rounds=1"],
      "learner.credit=best_worst does not know the episodes of rollout.protocol=self_correct"),
     (["learner.policy_loss=dpo", "learner.credit=best_worst", "rollout.protocol=markovian"],
