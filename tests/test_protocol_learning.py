@@ -19,7 +19,7 @@ from cluster.config import load_config
 from tests.conftest import REPO
 
 CONFIG = "tests/configs/protocols-toy.yaml"
-SFT_STEPS = 250
+SFT_STEPS = 120
 
 
 @pytest.fixture(scope="module")
