@@ -12,6 +12,8 @@ class Synchronous:
     """Steps in order: rollout -> score -> credit -> train -> push, nothing ahead."""
 
     def __init__(self, parts: StepParts, problems: list[Problem], first: int, **_ahead):
+        """Built as overlap.Overlapped is (train.schedule_for); where the run starts, its last step and the rollouts
+        a checkpoint saved ahead (`_ahead`) do not matter here: each step samples its own batch when it runs."""
         self.parts, self.problems = parts, problems
 
     def step(self, step: int, version: int) -> StepResult:
