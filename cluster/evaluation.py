@@ -311,6 +311,7 @@ def eval_pool(config: RunConfig, model_path: str, log_dir: Path | None = None):
 def run_eval(config: RunConfig) -> dict:
     """`motif eval`: the model (and eval.adapter) on the eval dataset; writes samples.jsonl and summary.json."""
     from cluster.console import quiet_driver
+    from cluster.preflight import check_sampling  # which imports this module
 
     folder = eval_folder(config)
     log_dir = None if config.cluster.show_logs else folder / "logs"
@@ -323,6 +324,7 @@ def run_eval(config: RunConfig) -> dict:
     spec, rewards = held_out_spec(config, model_path)
     try:
         with eval_pool(config, model_path, log_dir) as pool:
+            check_sampling(config, pool, training=False)
             summary, samples = evaluate(pool, problems, spec, max_failed_fraction=config.eval.max_failed_fraction,
                                         protocol=config.rollout.protocol)
     finally:

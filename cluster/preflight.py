@@ -1,13 +1,12 @@
 """Checks of everything a command reads or writes that can be checked before Ray starts: the model, the
-datasets, the adapter, the output folder, the reward model and the sampling settings. Each failure is one
-`BadInput` naming the input and what is wrong with it, raised in seconds instead of after a worker dies."""
+datasets, the adapter, the output folder and the reward model; and the sampling settings, checked by vLLM on a
+rollout worker as soon as one is up. Each failure is one `BadInput` naming the input and what is wrong with it,
+raised in seconds instead of after a worker dies."""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
-import logging
 import os
 import re
 from pathlib import Path
@@ -119,22 +118,6 @@ def check_writable(folder: str | Path, where: str) -> Path:
     return path
 
 
-@contextlib.contextmanager
-def _quiet_vllm():
-    """Importing vLLM writes to the console (on CPU: "Triton ... Disabling Triton") and edits os.environ, which
-    the Ray processes started later would inherit; its SamplingParams warns of what it adjusts, which the
-    workers log. A check leaves none of that behind: only a refusal is its business."""
-    logger, environ = logging.getLogger("vllm"), dict(os.environ)
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-        os.environ.clear()
-        os.environ.update(environ)
-
-
 def _requests(spec: MotifSpec, first: tuple, later: tuple, budget: str) -> list[tuple[SamplingSpec, tuple]]:
     """Each kind of request motif_rollout sends under `spec` (round 1, round 2's fan-out, one sample in each
     later round), with the config keys of its n (None: always 1), temperature, top_p and max_tokens; `first`
@@ -147,10 +130,12 @@ def _requests(spec: MotifSpec, first: tuple, later: tuple, budget: str) -> list[
     return requests
 
 
-def check_sampling(config: RunConfig, training: bool) -> None:
-    """Build vLLM's SamplingParams for every kind of request the command sends (training: the rollout; `motif
-    eval`, or training with eval.every > 0: the evaluation), so a setting vLLM refuses is one line here instead
-    of every request failing on the workers (e.g. eval.temperature=0 with eval.n=4: greedy sampling is n=1)."""
+def check_sampling(config: RunConfig, pool, training: bool) -> None:
+    """Every kind of request the command sends (training: the rollout; `motif eval`, or training with
+    eval.every > 0: the evaluation) checked by vLLM on a rollout worker of `pool` once it has started, so a
+    setting vLLM refuses is one line before the first step instead of every request failing on the workers (e.g.
+    eval.temperature=0 with eval.n=4: greedy sampling is n=1). Not before Ray starts: only the workers import
+    vLLM."""
     e = config.eval
     train = rollout_spec(config, [])  # the rewards only word the system prompts
     requests = []
@@ -165,19 +150,12 @@ def check_sampling(config: RunConfig, training: bool) -> None:
                               ("eval.n", *(fixed or ("rollout.temperature", "rollout.top_p"))),
                               (None, *(fixed or ("rollout.continuation_temperature", "rollout.continuation_top_p"))),
                               "eval.max_tokens" if e.max_tokens else "rollout.max_tokens")
-    with _quiet_vllm():
-        from vllm import SamplingParams
-        from vllm.exceptions import VLLMValidationError  # not a ValueError in vLLM >= 0.32
-
-        for spec, keys in requests:
-            try:  # as rollout.engine.VLLMEngine.generate builds it
-                SamplingParams(n=spec.n, temperature=spec.temperature, top_p=spec.top_p, max_tokens=spec.max_tokens,
-                               logprobs=0, seed=spec.seed)
-            except (ValueError, VLLMValidationError) as error:
-                values = (spec.n, spec.temperature, spec.top_p, spec.max_tokens)
-                named = ", ".join(f"{key}={value:g}" for key, value in zip(keys, values) if key)
-                raise BadInput(f"{named}: vLLM refuses these sampling settings "
-                               f"({' '.join(str(error).split())})") from None
+    refusals = pool.sampling_refusals([spec for spec, _ in requests])
+    for (spec, keys), refusal in zip(requests, refusals):
+        if refusal:
+            values = (spec.n, spec.temperature, spec.top_p, spec.max_tokens)
+            named = ", ".join(f"{key}={value:g}" for key, value in zip(keys, values) if key)
+            raise BadInput(f"{named}: vLLM refuses these sampling settings ({refusal})")
 
 
 def check_train(config: RunConfig) -> None:
@@ -190,7 +168,6 @@ def check_train(config: RunConfig) -> None:
             check_model(term.model or "", "reward.components[reward_model].model")
     if config.eval.every > 0:
         load_eval_problems(config)  # the held-out set, else read only once every engine and rank started
-    check_sampling(config, training=True)
 
 
 def check_served(config: RunConfig) -> None:
@@ -212,7 +189,6 @@ def check_eval(config: RunConfig, output_dir: Path) -> None:
             raise BadInput(f"eval.output_dir {output_dir}: inside eval.adapter, whose files must not change; "
                            "choose another folder")
     check_writable(output_dir, "eval.output_dir" if config.eval.output_dir else "output_dir")
-    check_sampling(config, training=False)
 
 
 def check_traces(config: RunConfig, out: Path) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import ray
 
-from rollout.engine import VLLMEngine
+from rollout.engine import VLLMEngine, sampling_refusal
 from rollout.records import AdapterPayload, Completion, SamplingSpec
 
 
@@ -60,6 +60,9 @@ class RolloutWorker:
             if old != folder:
                 shutil.rmtree(old, ignore_errors=True)
         return digest
+
+    def sampling_refusals(self, specs: list[SamplingSpec]) -> list[str | None]:
+        return [sampling_refusal(spec) for spec in specs]
 
     def sleep(self) -> None:
         self.engine.sleep()

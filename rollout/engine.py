@@ -77,6 +77,26 @@ def engine_args(
     return args
 
 
+def sampling_params(spec: SamplingSpec, max_tokens: int | None = None):
+    """vLLM's SamplingParams for `spec` (`max_tokens` caps spec.max_tokens where the prompt leaves less room):
+    the one place they are built, so the start-up check refuses exactly what `generate` would send."""
+    from vllm import SamplingParams
+
+    return SamplingParams(n=spec.n, temperature=spec.temperature, top_p=spec.top_p,
+                          max_tokens=spec.max_tokens if max_tokens is None else max_tokens, logprobs=0, seed=spec.seed)
+
+
+def sampling_refusal(spec: SamplingSpec) -> str | None:
+    """Why vLLM refuses `spec`, on one line, or None."""
+    from vllm.exceptions import VLLMValidationError  # not a ValueError in vLLM >= 0.32
+
+    try:
+        sampling_params(spec)
+    except (ValueError, VLLMValidationError) as error:
+        return " ".join(str(error).split())
+    return None
+
+
 class VLLMEngine:
     """A vLLM engine that serves the base model or one pushed LoRA adapter version at a time."""
 
@@ -152,7 +172,7 @@ class VLLMEngine:
         emptied so every prefill is computed the same way.
         """
         import torch
-        from vllm import SamplingParams, TokensPrompt
+        from vllm import TokensPrompt
         from vllm.v1.engine.exceptions import EngineDeadError
 
         self._awake()
@@ -162,17 +182,8 @@ class VLLMEngine:
 
         prompt_ids = [chat_prompt_ids(self.tokenizer, c) for c in conversations]
         runnable = [i for i, ids in enumerate(prompt_ids) if len(ids) < self.max_model_len]
-        params = [
-            SamplingParams(
-                n=spec.n,
-                temperature=spec.temperature,
-                top_p=spec.top_p,
-                max_tokens=min(spec.max_tokens, self.max_model_len - len(prompt_ids[i])),
-                logprobs=0,
-                seed=spec.seed,
-            )
-            for i in runnable
-        ]
+        params = [sampling_params(spec, min(spec.max_tokens, self.max_model_len - len(prompt_ids[i])))
+                  for i in runnable]
         lora = self._lora if use_adapter else None
         version = self.adapter_version if lora is not None else 0
         digest = self.adapter_digest if lora is not None else ""

@@ -61,6 +61,11 @@ class RolloutPool:
             raise WorkerStartFailed(f"rollout worker {index} failed to start: {failure_cause(e)}") from None
         self._fresh.clear()
 
+    def sampling_refusals(self, specs: list[SamplingSpec]) -> list[str | None]:
+        """Why vLLM would refuse each of `specs` (None: it accepts it), asked of a worker: the driver never
+        imports vLLM, whose import alone is about 7 s of a run's start on 2 cores."""
+        return ray.get(self.workers[0].sampling_refusals.remote(specs), timeout=self.request_timeout_s)
+
     def begin(self, *key) -> None:
         """Name the work that follows (e.g. ("train", step)): the seeds of its calls derive from it, not from
         what the pool did before, so a resumed run samples what the uninterrupted one did."""

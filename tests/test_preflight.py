@@ -1,6 +1,7 @@
-"""What a run would otherwise learn only from its workers fails in preflight, before Ray starts, in one line:
-sampling settings vLLM refuses and evaluation data that cannot be used. `motif eval` applies only the config
-rules that concern evaluation. Nothing here starts Ray: `motif eval` stops where its run would begin."""
+"""What a run would otherwise learn only from its workers fails early, in one line: evaluation data that cannot be
+used, before Ray starts; sampling settings vLLM refuses, as soon as a rollout worker is up (only the workers import
+vLLM). `motif eval` applies only the config rules that concern evaluation. The in-process checks here start no Ray:
+`motif eval` stops where its run would begin."""
 
 from __future__ import annotations
 
@@ -45,52 +46,72 @@ def motif_eval(monkeypatch, tmp_path, capsys):
     return run
 
 
-def train_config(tmp_path, *overrides: str):
-    return load_config(SMOKE, [*overrides, f"output_dir={tmp_path / 'run'}"])
+def train_config(tmp_path, *overrides: str, purpose: str = "train"):
+    return load_config(SMOKE, [*overrides, f"output_dir={tmp_path / 'run'}"], purpose=purpose)
 
 
-def test_sampling_vllm_refuses_fails_eval_in_one_line(motif_eval):
-    code, err = motif_eval("eval.temperature=0", "eval.n=4")
-    assert code == 2 and len(err) == 1, err
-    assert "eval.n=4, eval.temperature=0" in err[0] and "n must be 1 when using greedy sampling" in err[0]
+class WorkerChecks:
+    """What RolloutPool.sampling_refusals asks of a worker, run in this process: vLLM's own validation without
+    starting an engine."""
+
+    @staticmethod
+    def sampling_refusals(specs):
+        from rollout.engine import sampling_refusal
+
+        return [sampling_refusal(spec) for spec in specs]
+
+
+def test_sampling_vllm_refuses_is_one_line_naming_the_eval_keys(tmp_path):
+    def refused(*overrides: str) -> str:
+        with pytest.raises(BadInput) as error:
+            preflight.check_sampling(train_config(tmp_path, *overrides, purpose="eval"), WorkerChecks, training=False)
+        return str(error.value)
+
+    refusal = refused("eval.temperature=0", "eval.n=4")
+    assert "eval.n=4, eval.temperature=0" in refusal and "n must be 1 when using greedy sampling" in refusal
     # eval.temperature unset: the training temperature is the one vLLM sees, and is named
-    code, err = motif_eval("rollout.temperature=0", "eval.n=4")
-    assert code == 2 and len(err) == 1 and "eval.n=4, rollout.temperature=0" in err[0], err
-    code, err = motif_eval("eval.max_tokens=-3", "eval.n=1")
-    assert code == 2 and "eval.max_tokens=-3" in err[0] and "max_tokens must be at least 1" in err[0], err
-    assert motif_eval("eval.temperature=0", "eval.n=1") == (None, [])  # greedy, one sample: accepted
+    assert "eval.n=4, rollout.temperature=0" in refused("rollout.temperature=0", "eval.n=4")
+    refusal = refused("eval.max_tokens=-3", "eval.n=1")
+    assert "eval.max_tokens=-3" in refusal and "max_tokens must be at least 1" in refusal
+    # greedy, one sample: accepted
+    preflight.check_sampling(train_config(tmp_path, "eval.temperature=0", "eval.n=1", purpose="eval"), WorkerChecks,
+                             training=False)
 
 
 def test_sampling_check_names_the_training_keys(tmp_path):
     """Training rules keep these settings from the command line; the check itself names each request's keys."""
     config = train_config(tmp_path)
-    preflight.check_sampling(config, training=True)
+    preflight.check_sampling(config, WorkerChecks, training=True)
     config.rollout.temperature = 0
     with pytest.raises(BadInput, match=r"rollout\.samples_per_prompt=4, rollout\.temperature=0, .*greedy"):
-        preflight.check_sampling(config, training=True)
+        preflight.check_sampling(config, WorkerChecks, training=True)
     config = train_config(tmp_path)
     config.rollout.continuation_temperature = 0
     with pytest.raises(BadInput, match=r"rollout\.continuations=2, rollout\.continuation_temperature=0, .*greedy"):
-        preflight.check_sampling(config, training=True)
+        preflight.check_sampling(config, WorkerChecks, training=True)
 
 
 def test_training_checks_the_eval_sampling_only_when_it_evaluates(tmp_path):
     with pytest.raises(BadInput, match=r"eval\.n=4, eval\.temperature=0, .*greedy"):
-        preflight.check_train(train_config(tmp_path, "eval.every=2", "eval.temperature=0"))
-    preflight.check_train(train_config(tmp_path, "eval.every=0", "eval.temperature=0"))
+        preflight.check_sampling(train_config(tmp_path, "eval.every=2", "eval.temperature=0"), WorkerChecks,
+                                 training=True)
+    preflight.check_sampling(train_config(tmp_path, "eval.every=0", "eval.temperature=0"), WorkerChecks,
+                             training=True)
 
 
-def test_the_sampling_check_leaves_the_console_and_environment_as_they_were():
-    """vLLM's import warns on CPU and edits os.environ, which Ray's processes would inherit: a fresh process
-    shows both, and the check leaves neither behind."""
-    code = ("import os, sys; from cluster.config import load_config; from cluster.preflight import check_sampling; "
-            "assert 'vllm' not in sys.modules; before = dict(os.environ); "
-            "config = load_config('tests/configs/smoke.yaml', ['eval.every=1']); "
-            "config.rollout.temperature = 1e-6; check_sampling(config, training=True); "  # vLLM warns of 1e-6
-            "assert 'vllm' in sys.modules and dict(os.environ) == before, set(os.environ.items()) ^ set(before.items())")
-    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    assert done.returncode == 0 and done.stdout + done.stderr == "", done.stderr[-3000:]
+def test_a_run_vllm_refuses_ends_in_one_line_once_its_workers_are_up_and_its_driver_never_imports_vllm(tmp_path):
+    """`motif train` through real workers: exit code 2, one line, no checkpoint; the driver process has not
+    imported vLLM (about 7 s of every start on 2 cores)."""
+    code = ("import sys; from cluster.cli import main; code = main(sys.argv[1:]); "
+            "print('vllm in the driver' if 'vllm' in sys.modules else 'no vllm in the driver'); sys.exit(code)")
+    done = subprocess.run([sys.executable, "-c", code, "train", "--config", SMOKE, "eval.every=2",
+                           "eval.temperature=0", "eval.n=4", f"output_dir={tmp_path / 'run'}"],
+                          cwd=REPO, capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    lines = done.stderr.splitlines()
+    assert done.returncode == 2 and len(lines) == 1, done.stderr[-3000:]
+    assert lines[0].startswith("motif: eval.n=4, eval.temperature=0") and "vLLM refuses" in lines[0], lines
+    assert done.stdout.splitlines()[-1] == "no vllm in the driver", done.stdout
+    assert not (tmp_path / "run" / "checkpoints").exists()
 
 
 @pytest.mark.parametrize("overrides,expected", [

@@ -22,6 +22,7 @@ from cluster.loop.sync import Synchronous
 from cluster.metrics import MetricsLog
 from cluster.model_card import write_model_card
 from cluster.models import resolve_model
+from cluster.preflight import check_sampling
 from cluster.report import plot_run
 from cluster.spec import response_format, rollout_spec, run_protocol
 from cluster.tasks.data import load_problems
@@ -66,6 +67,7 @@ def train(config: RunConfig, resume: str | None = None) -> Path:
     log, finished = None, False
     try:
         run.start(model_path)
+        check_sampling(config, run.pool, training=True)
         parts = StepParts(config, run.pool, run.learner, run_protocol(config), spec, rewards,
                           ADVANTAGE_ESTIMATORS[config.learner.advantage_estimator], CREDIT[config.learner.credit],
                           config.learner.credit in SCORES_ANSWERS, run_dir / "samples", colocated_on_gpu(config),
