@@ -163,7 +163,8 @@ def engine_settings(config: RunConfig) -> dict:
                 kv_cache_bytes=r.kv_cache_mb << 20 if r.kv_cache_mb else None, gpu_memory_utilization=share,
                 enforce_eager=r.enforce_eager, enable_prefix_caching=r.enable_prefix_caching,
                 sleep_mode=colocated_on_gpu(config), dtype=r.dtype, seed=r.seed,
-                tensor_parallel_size=r.tensor_parallel_size, max_num_seqs=r.max_num_seqs)
+                tensor_parallel_size=r.tensor_parallel_size, max_num_seqs=r.max_num_seqs,
+                merge_adapters=r.merges_adapters)
 
 
 def start_rollout_pool(config: RunConfig, model_path: str, group=None, bundles: list[int] | None = None):

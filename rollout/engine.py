@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from rollout.merged import BaseWeights
 from rollout.records import Completion, SamplingSpec
 
 PROMPT_TOO_LONG = "prompt_too_long"
@@ -53,6 +54,7 @@ def engine_args(
     seed: int = 0,
     tensor_parallel_size: int = 1,
     max_num_seqs: int | None = None,
+    merge_adapters: bool = False,
 ) -> dict:
     """vLLM's `LLM(...)` arguments for one platform; pure, so they are checked on CPU by vLLM's EngineArgs.
 
@@ -62,9 +64,12 @@ def engine_args(
     continuations of a sample share their prompt."""
     # processed_logprobs: each sampled token's logprob after temperature (and top-p), the distribution it was
     # drawn from, which the learner compares with its own (vLLM's default, raw_logprobs, is before temperature).
-    args = dict(model=model, enable_lora=True, max_lora_rank=vllm_lora_rank(max_lora_rank), max_loras=LIVE_ADAPTERS,
-                max_model_len=max_model_len, dtype=dtype, seed=seed, tensor_parallel_size=tensor_parallel_size,
-                enable_prefix_caching=enable_prefix_caching, logprobs_mode="processed_logprobs")
+    # merge_adapters: adapters are merged into the weights (rollout.merged), and vLLM's LoRA layers are left out.
+    args = dict(model=model, enable_lora=not merge_adapters, max_model_len=max_model_len, dtype=dtype, seed=seed,
+                tensor_parallel_size=tensor_parallel_size, enable_prefix_caching=enable_prefix_caching,
+                logprobs_mode="processed_logprobs")
+    if not merge_adapters:
+        args.update(max_lora_rank=vllm_lora_rank(max_lora_rank), max_loras=LIVE_ADAPTERS)
     if max_num_seqs:
         args["max_num_seqs"] = max_num_seqs
     if cuda:
@@ -108,6 +113,12 @@ class VLLMEngine:
             if not torch.cuda.is_available():
                 raise RuntimeError("rollout.num_gpus > 0 but no CUDA device is visible to this rollout worker; "
                                    "set rollout.num_gpus=0 to run vLLM on CPU")
+        else:
+            # Eager on CPU, vLLM still compiles a sampler helper with inductor (each sampled token's rank, an
+            # integer count): about 2 s of every engine's first request, and no sample or logprob differs without.
+            import torch._dynamo
+
+            torch._dynamo.config.disable = True
         # In-process engine: starts in seconds instead of spawning a second process inside the actor.
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
@@ -115,6 +126,7 @@ class VLLMEngine:
 
         args = engine_args(model, cuda=require_cuda, **engine_kwargs)
         self.llm = LLM(**args)
+        self.base_weights = None if args["enable_lora"] else BaseWeights(model)
         self.tokenizer = self.llm.get_tokenizer()
         self.max_model_len = args["max_model_len"]
         self.sleep_mode, self.asleep = args.get("enable_sleep_mode", False), False
@@ -146,8 +158,14 @@ class VLLMEngine:
             raise ValueError(f"adapter version must increase: have {self.adapter_version}, got {version}")
         if not (Path(path) / "adapter_config.json").exists():
             raise FileNotFoundError(f"no PEFT adapter (adapter_config.json) at {path}")
-        request = LoRARequest(f"adapter-v{version}", version, str(path))
         self._awake()
+        if self.base_weights is not None:
+            weights = self.base_weights.merged(Path(path))
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
+            self.llm.reset_prefix_cache()  # its blocks were computed under the previous weights
+            self.adapter_version, self.adapter_digest = version, digest
+            return
+        request = LoRARequest(f"adapter-v{version}", version, str(path))
         engine = self.llm.llm_engine
         engine.add_lora(request)
         if self._lora is not None:
@@ -184,9 +202,13 @@ class VLLMEngine:
         runnable = [i for i, ids in enumerate(prompt_ids) if len(ids) < self.max_model_len]
         params = [sampling_params(spec, min(spec.max_tokens, self.max_model_len - len(prompt_ids[i])))
                   for i in runnable]
-        lora = self._lora if use_adapter else None
-        version = self.adapter_version if lora is not None else 0
-        digest = self.adapter_digest if lora is not None else ""
+        adapted = use_adapter and self.adapter_version > 0
+        if not use_adapter and self.adapter_version and self.base_weights is not None:
+            raise ValueError("the adapter is merged into this engine's weights (rollout.adapter_serving=merged): the "
+                             "base model cannot be sampled beside it")
+        lora = self._lora if adapted else None
+        version = self.adapter_version if adapted else 0
+        digest = self.adapter_digest if adapted else ""
         try:
             outputs = self.llm.generate(
                 [TokensPrompt(prompt_token_ids=prompt_ids[i]) for i in runnable],

@@ -15,6 +15,10 @@ Measurements added since, which move nothing (ADDED_METRICS): rollout/logprob_di
 vLLM| logprob over the trained tokens, below 1e-4 in every run (round 1 at temperature 1, the continuation
 rounds at 0.8).
 
+The runs pin rollout.adapter_serving=lora, the serving they were recorded under. Adapters merged into the base
+weights (the CPU default since issue 24: twice as fast to sample) sample what PEFT's merge_and_unload of the
+adapter samples, bitwise: tests/test_merged_serving.py.
+
 A length reward (tests/golden/length_reward.py) makes the untrained model's advantages non-zero, so the
 losses and updates are exercised; every_round runs with one mini-batch per step."""
 
@@ -59,7 +63,7 @@ def test_training_is_bitwise_unchanged(tmp_path, name):
     out = tmp_path / f"{name}.json"
     cmd = [sys.executable, "-m", "tests.golden_run", str(out), *(["--overlapped"] if name in OVERLAPPED else []),
            "--config", "tests/configs/smoke.yaml", f"output_dir={tmp_path / 'run'}",
-           f"model.tiny_model_dir={tmp_path / 'tiny'}", COMPONENTS, *RUNS[recorded]]
+           f"model.tiny_model_dir={tmp_path / 'tiny'}", COMPONENTS, "rollout.adapter_serving=lora", *RUNS[recorded]]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900,
                           env={**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0"})
     assert proc.returncode == 0, proc.stderr[-4000:]

@@ -25,7 +25,12 @@ def test_cpu_engine_sizes_its_kv_cache_in_bytes_and_passes_vllm_validation(tiny_
     assert "gpu_memory_utilization" not in args and "enable_sleep_mode" not in args
     config = EngineArgs(**args).create_engine_config()
     assert config.cache_config.kv_cache_memory_bytes == 64 << 20
-    assert config.cache_config.enable_prefix_caching and config.lora_config.max_loras == 2
+    assert config.cache_config.enable_prefix_caching
+    # On CPU adapters are merged into the weights (rollout/merged.py): no LoRA layers; vLLM's LoRA on request.
+    assert args["enable_lora"] is False and config.lora_config is None
+    lora = EngineArgs(**args_for(tiny_model, "rollout.adapter_serving=lora")).create_engine_config()
+    assert lora.lora_config.max_loras == 2 and lora.lora_config.max_lora_rank == 8
+    assert args_for(tiny_model, "rollout.continuation_policy=frozen_base")["enable_lora"] is True
     assert config.model_config.logprobs_mode == "processed_logprobs"  # after temperature, as the learner's
     assert "max_num_seqs" not in args  # vLLM's own default for the platform
     bounded = EngineArgs(**args_for(tiny_model, "rollout.max_num_seqs=8")).create_engine_config()
@@ -37,7 +42,7 @@ def test_gpu_engine_takes_a_memory_share_and_cuda_graphs(tiny_model):
 
     args = args_for(tiny_model, "rollout.num_gpus=1", "cluster.learner_num_gpus=1")
     assert args["gpu_memory_utilization"] == 0.9 and "kv_cache_memory_bytes" not in args
-    assert args["enforce_eager"] is False and args["enable_sleep_mode"] is False
+    assert args["enforce_eager"] is False and args["enable_sleep_mode"] is False and args["enable_lora"] is True
     config = EngineArgs(**args).create_engine_config()  # the platform here is the CPU: only the names and values
     assert config.cache_config.gpu_memory_utilization == 0.9
     assert config.cache_config.kv_cache_memory_bytes is None
@@ -93,7 +98,7 @@ class RecordingLLM:
 def recording_engine(sleep_mode: bool) -> VLLMEngine:
     engine = VLLMEngine.__new__(VLLMEngine)
     engine.llm, engine.sleep_mode, engine.asleep = RecordingLLM(), sleep_mode, False
-    engine.adapter_version, engine.adapter_digest, engine._lora = 0, "", None
+    engine.adapter_version, engine.adapter_digest, engine._lora, engine.base_weights = 0, "", None, None
     return engine
 
 
