@@ -10,7 +10,8 @@ modules and learning rate 2e-3, constant. Everything else is each trainer's defa
 median time per step over steps 3..steps, start-up (process start to the first step), and held-out pass@1 of
 each adapter through this project's evaluation path (the same questions, samples and grader) after equal steps
 and after equal wall time (TRL trains on until it has run as long as this project's run of the same pair did).
-This project's MOTIF protocol, which TRL cannot run, is reported beside (this project only).
+This project at rollout.max_staleness=1 (the next step's rollout sampled while a step trains) and its MOTIF
+protocol, which TRL cannot run, are reported beside (one run each).
 
 Needs TRL: `pip install .[bench]`. Prints a JSON document and a table; writes cluster/bench/results/peer.json.
 Time figures mean something only on an otherwise idle machine.
@@ -33,7 +34,9 @@ RESULTS = Path(__file__).parent / "results" / "peer.json"
 SINGLE = ["rollout.protocol=single", "rollout.rounds=1", "rollout.max_tokens=120", "learner.credit=first_round",
           "learner.mini_batch_size=32", "learner.micro_batch_size=16"]
 MOTIF = []  # the demo as shipped: 3 rounds of 40 tokens, every round trained
-ARMS = {"motif-rl": SINGLE, "motif-rl, motif protocol": MOTIF}
+# The same shape with the next step's rollout sampled while a step trains (docs/async.md).
+OVERLAPPED = [*SINGLE, "rollout.max_staleness=1"]
+ARMS = {"motif-rl": SINGLE, "motif-rl, S=1": OVERLAPPED, "motif-rl, motif protocol": MOTIF}
 TIMED_FROM = 3  # steps before it warm caches and allocators up
 
 
@@ -80,20 +83,24 @@ def prompts_in_order(config, steps: int) -> list[dict]:
 
 
 def project_arm(args) -> dict:
-    """`motif train`'s in-process path, each step's start and end taken around the loop's run_step."""
-    import cluster.loop.sync as sync
-    from cluster.loop.train import train
+    """`motif train`'s in-process path, each step's start and end taken around its schedule's step."""
+    import cluster.loop.train as loop
 
     spans = []
-    run_step = sync.run_step
+    chosen = loop.schedule_for
 
-    def timed(*a, **kw):
-        start = time.time()
-        result = run_step(*a, **kw)
-        spans.append((start, time.time()))
-        return result
+    def timed_schedule(config):
+        class Timed(chosen(config)):
+            def step(self, *a, **kw):
+                start = time.time()
+                result = super().step(*a, **kw)
+                spans.append((start, time.time()))
+                return result
 
-    sync.run_step = timed
+        return Timed
+
+    loop.schedule_for = timed_schedule
+    train = loop.train
     config = run_config(ARMS[args.arm], args.steps, Path(args.out) / "run", args.eval_limit, args.eval_n)
     run_dir = train(config)
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -293,6 +300,9 @@ def compare(args) -> dict:
         adapters[f"trl pair {pair}, step {args.steps}"] = ("motif-rl", peer["adapters"][str(args.steps)])
         adapters[f"trl pair {pair}, equal wall ({peer['adapters']['wall_steps']} steps)"] = \
             ("motif-rl", peer["adapters"]["wall"])
+    overlapped = launch("motif-rl, S=1", out / "staleness-1", args) if args.overlap else None
+    if overlapped:
+        adapters[f"motif-rl S=1, step {args.steps}"] = ("motif-rl, S=1", overlapped["adapters"][str(args.steps)])
     motif = launch("motif-rl, motif protocol", out / "motif-protocol", args) if args.motif else None
     if motif:
         adapters[f"motif-rl motif protocol, step {args.steps}"] = ("motif-rl, motif protocol",
@@ -307,6 +317,8 @@ def compare(args) -> dict:
         summary[name]["median_step_s_pooled"] = statistics.median(
             s for r in records for s in r["step_s"][TIMED_FROM - 1:])
     summary["trl"]["equal_wall_steps"] = [r["adapters"]["wall_steps"] for r in runs["trl"]]
+    if overlapped:
+        summary["motif-rl, S=1"] = figures(overlapped, args.steps)
     if motif:
         summary["motif-rl, motif protocol"] = figures(motif, args.steps)
     return {"date": time.strftime("%Y-%m-%d"), "steps": args.steps, "pairs": args.pairs,
@@ -335,6 +347,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--eval-limit", type=int, default=64)
     parser.add_argument("--eval-n", type=int, default=4)
     parser.add_argument("--no-motif", dest="motif", action="store_false", help="skip the MOTIF protocol's run")
+    parser.add_argument("--no-overlap", dest="overlap", action="store_false",
+                        help="skip the run at rollout.max_staleness=1")
     parser.add_argument("--out", help="work folder (default: a fresh temporary one)")
     parser.add_argument("--results", default=str(RESULTS))
     # One arm, run by the comparison in a fresh process.
