@@ -178,6 +178,12 @@ def check_served(config: RunConfig) -> None:
     if config.eval.adapter:
         model = config.model.path if config.model.path not in BUILT_HERE else ""
         check_adapter(config.eval.adapter, model, vllm_lora_rank(config.learner.lora_rank))
+        if config.rollout.merges_adapters:
+            from rollout.merged import merge_refusal
+
+            if (refusal := merge_refusal(Path(config.eval.adapter).expanduser())) is not None:
+                raise BadInput(f"eval.adapter {config.eval.adapter}: {refusal}; serve it with "
+                               "rollout.adapter_serving=lora")
 
 
 def check_eval(config: RunConfig, output_dir: Path) -> None:

@@ -27,7 +27,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
 from cluster.config import BadInput, RunConfig
-from rollout.engine import ABORTED, PROMPT_TOO_LONG, EngineDead
+from rollout.engine import ABORTED, PROMPT_TOO_LONG, EngineDead, sampling_refusal
 from rollout.protocols import PROTOCOLS, protocol_name
 from rollout.records import SamplingSpec
 
@@ -218,13 +218,10 @@ class Server:
                                     f"{self.model_name!r}", "model", "model_not_found")
         question = question_of(body.get("messages"))
         spec = request_spec(body, self.spec, self.engine.max_model_len)
-        try:  # what vLLM would refuse on every round, refused here once
-            from vllm import SamplingParams
-
-            for s in (dataclasses.replace(spec.first_round, n=spec.samples_per_prompt), spec.continuation):
-                SamplingParams(n=s.n, temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens)
-        except ValueError as e:
-            raise _bad(f"invalid sampling settings: {e}") from None
+        # What vLLM would refuse on every round, refused here once.
+        for s in (dataclasses.replace(spec.first_round, n=spec.samples_per_prompt), spec.continuation):
+            if (refusal := sampling_refusal(s)) is not None:
+                raise _bad(f"invalid sampling settings: {refusal}")
         length = len(self.engine.tokenizer.encode(question, add_special_tokens=False))
         if length + spec.first_round.max_tokens >= self.engine.max_model_len:
             raise _bad(f"the question has {length} tokens; with {spec.first_round.max_tokens} to generate per round "

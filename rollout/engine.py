@@ -1,7 +1,9 @@
-"""The one place vLLM is touched: an in-process `LLM` with LoRA, generating plain `Completion` records."""
+"""The one place vLLM is touched: an in-process `LLM` serving pushed LoRA adapters (through vLLM's LoRA, or merged
+into its weights: rollout/merged.py), generating plain `Completion` records."""
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -102,8 +104,14 @@ def sampling_refusal(spec: SamplingSpec) -> str | None:
     return None
 
 
+def _fused(worker) -> dict[str, list[str]]:
+    """The engine's fused layers and their checkpoint parts (vLLM's packed_modules_mapping), read on its worker."""
+    return dict(getattr(worker.model_runner.model, "packed_modules_mapping", {}))
+
+
 class VLLMEngine:
-    """A vLLM engine that serves the base model or one pushed LoRA adapter version at a time."""
+    """A vLLM engine that serves the base model or one pushed LoRA adapter version at a time (merged: the adapter
+    version only, once one is pushed)."""
 
     def __init__(self, model: str, *, require_cuda: bool = False, **engine_kwargs):
         """`engine_kwargs` are engine_args' settings; `require_cuda` puts the engine on the GPU."""
@@ -126,7 +134,7 @@ class VLLMEngine:
 
         args = engine_args(model, cuda=require_cuda, **engine_kwargs)
         self.llm = LLM(**args)
-        self.base_weights = None if args["enable_lora"] else BaseWeights(model)
+        self.base_weights = None if args["enable_lora"] else BaseWeights(model, self.llm.collective_rpc(_fused)[0])
         self.tokenizer = self.llm.get_tokenizer()
         self.max_model_len = args["max_model_len"]
         self.sleep_mode, self.asleep = args.get("enable_sleep_mode", False), False
@@ -149,8 +157,9 @@ class VLLMEngine:
     def load_adapter(self, path: str | Path, version: int, digest: str = "") -> None:
         """Serve the PEFT adapter at `path` as `version` from now on.
 
-        Each version gets a fresh LoRA id: vLLM keeps serving the old weights if an id is reused with a
-        new path. The previous version is removed once the new one is loaded.
+        Through vLLM's LoRA each version gets a fresh LoRA id (vLLM keeps serving the old weights if an id is
+        reused with a new path), and the previous version is removed once the new one is loaded. Merged, the
+        version's weights replace the previous ones in place.
         """
         from vllm.lora.request import LoRARequest
 
@@ -161,7 +170,13 @@ class VLLMEngine:
         self._awake()
         if self.base_weights is not None:
             weights = self.base_weights.merged(Path(path))
-            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
+            vllm_logger = logging.getLogger("vllm")
+            level = vllm_logger.level
+            vllm_logger.setLevel(logging.ERROR)  # it warns of every weight a partial reload leaves as it was
+            try:
+                self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
+            finally:
+                vllm_logger.setLevel(level)
             self.llm.reset_prefix_cache()  # its blocks were computed under the previous weights
             self.adapter_version, self.adapter_digest = version, digest
             return

@@ -8,57 +8,86 @@ the base model cannot be sampled beside the adapter (rollout.continuation_policy
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Iterator
 from pathlib import Path
 
-PEFT_PREFIX = "base_model.model."
-# A PEFT LoRA adapter this merge reproduces exactly: plain A and B matrices, nothing else trained.
-UNSUPPORTED = {"use_dora": True, "fan_in_fan_out": True}
+# base_model.model.<module>.lora_A[.<adapter name>].weight, as PEFT saves a LoRA matrix.
+LORA_KEY = re.compile(r"^base_model\.model\.(?P<module>.+)\.lora_(?P<matrix>[AB])(\.[^.]+)?\.weight$")
+# What a plain LoRA adapter leaves at these values; anything else trains more than B @ A, which the merge would
+# drop or get wrong.
+PLAIN = {"peft_type": "LORA", "use_dora": False, "fan_in_fan_out": False, "lora_bias": False,
+         "modules_to_save": None, "bias": "none", "rank_pattern": {}, "alpha_pattern": {},
+         "trainable_token_indices": None}
 
 
-def model_folder(model: str) -> Path:
-    """The local folder of `model` (a folder, or a hub id in the local cache)."""
-    if Path(model).is_dir():
-        return Path(model)
-    from huggingface_hub import snapshot_download
+def merge_refusal(adapter: Path) -> str | None:
+    """Why the PEFT adapter in `adapter` cannot be served merged (rollout.adapter_serving=lora can serve it), or
+    None."""
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    for key, plain in PLAIN.items():
+        if (config.get(key) or plain) != plain:
+            return f"{key}={config[key]!r}, which merging into the base weights does not reproduce"
+    from safetensors import safe_open
 
-    return Path(snapshot_download(model, allow_patterns=["*.safetensors", "*.safetensors.index.json"]))
+    if not (adapter / "adapter_model.safetensors").exists():
+        return "no adapter_model.safetensors (merging reads safetensors weights only)"
+    with safe_open(str(adapter / "adapter_model.safetensors"), "pt") as f:
+        other = next((key for key in f.keys() if not LORA_KEY.match(key)), None)
+    if other is not None:
+        return f"holds {other}, which is not a LoRA A or B matrix of a linear layer"
+    return None
 
 
 class BaseWeights:
-    """The base weights of the modules an adapter adapts, read from the model's safetensors on first use."""
+    """The base weights of the modules an adapter adapts, read from the model's safetensors on first use.
 
-    def __init__(self, model: str):
+    `fused`: vLLM's packed_modules_mapping (e.g. qkv_proj: q_proj, k_proj, v_proj). vLLM reloads a fused layer
+    whole, so a module's siblings are sent with it even where the adapter leaves them unchanged: a layer
+    reloaded from some of its parts would hold uninitialised rows in the others."""
+
+    def __init__(self, model: str, fused: dict[str, list[str]]):
         self.model = model
+        self.siblings = {part: parts for parts in fused.values() for part in parts}
         self._weights: dict = {}
+        self._changed: set[str] = set()  # modules whose served weights are not the base's
 
-    def merged(self, adapter: Path) -> list[tuple[str, object]]:
-        """(checkpoint name, base + B @ A * scaling) for every module the PEFT adapter in `adapter` adapts, as
-        PEFT's merge computes it (LoraLayer.get_delta_weight, then an add), so the engine serves exactly the
-        weights `merge_and_unload` writes for the model in float32."""
+    def merged(self, adapter: Path) -> Iterator[tuple[str, object]]:
+        """(checkpoint name, weight) for every module the PEFT adapter in `adapter` adapts, base + B @ A * scaling
+        as PEFT's merge computes it (LoraLayer.get_delta_weight, then an add); the base weight of each fused
+        sibling and of each module the previous version adapted and this one does not. For a float32 model the
+        engine then holds the weights `merge_and_unload` writes."""
         from safetensors.torch import load_file
 
+        if (refusal := merge_refusal(adapter)) is not None:
+            raise ValueError(f"{adapter}: {refusal}; serve it with rollout.adapter_serving=lora")
         config = json.loads((adapter / "adapter_config.json").read_text())
-        if config.get("peft_type") != "LORA":
-            raise ValueError(f"{adapter}: a {config.get('peft_type')} adapter; only LoRA adapters can be merged")
-        for key, value in UNSUPPORTED.items():
-            if config.get(key) == value:
-                raise ValueError(f"{adapter}: {key}={value} is not merged here; use rollout.adapter_serving=lora")
-        if config.get("modules_to_save") or config.get("bias", "none") != "none":
-            raise ValueError(f"{adapter}: trains modules_to_save or biases; use rollout.adapter_serving=lora")
         rank, alpha = config["r"], config["lora_alpha"]
         scaling = alpha / rank ** 0.5 if config.get("use_rslora") else alpha / rank
-        tensors = load_file(str(adapter / "adapter_model.safetensors"))
-        modules = sorted({key.removeprefix(PEFT_PREFIX).rsplit(".lora_", 1)[0] for key in tensors if ".lora_" in key})
-        self._load([f"{module}.weight" for module in modules])
-        merged = []
+        matrices: dict[str, dict[str, object]] = {}
+        for key, tensor in load_file(str(adapter / "adapter_model.safetensors")).items():
+            match = LORA_KEY.match(key)
+            matrices.setdefault(match["module"], {})[match["matrix"]] = tensor
+        # The modules the previous version changed return to the base weights where this one leaves them.
+        modules = set(matrices) | self._changed
+        for module in list(modules):
+            parent, _, name = module.rpartition(".")
+            modules |= {f"{parent}.{sibling}" for sibling in self.siblings.get(name, ())}
+        self._load(sorted(f"{m}.weight" for m in modules), adapted={f"{m}.weight" for m in matrices})
+        # Everything that can fail has been checked: the engine consumes the weights as it reloads them.
+        self._changed = set(matrices)
+        return self._merge(sorted(modules), matrices, scaling)
+
+    def _merge(self, modules: list[str], matrices: dict, scaling: float) -> Iterator[tuple[str, object]]:
         for module in modules:
-            a, b = tensors[f"{PEFT_PREFIX}{module}.lora_A.weight"], tensors[f"{PEFT_PREFIX}{module}.lora_B.weight"]
             # In float32, as the CPU learner holds them; the engine casts the result to its own dtype.
             base = self._weights[f"{module}.weight"].float()
-            merged.append((f"{module}.weight", base + (b.float() @ a.float()) * scaling))
-        return merged
+            if module in matrices:
+                a, b = matrices[module]["A"].float(), matrices[module]["B"].float()
+                base = base + (b @ a) * scaling
+            yield f"{module}.weight", base
 
-    def _load(self, names: list[str]) -> None:
+    def _load(self, names: list[str], adapted: set[str]) -> None:
         from safetensors import safe_open
 
         missing = [n for n in names if n not in self._weights]
@@ -70,5 +99,15 @@ class BaseWeights:
                     self._weights[name] = f.get_tensor(name)
         absent = [n for n in missing if n not in self._weights]
         if absent:
-            raise ValueError(f"the adapter adapts {absent[0]}, which the model {self.model} does not have "
-                             "(an adapter of another base model?)")
+            what = "adapts" if absent[0] in adapted else "needs the fused sibling"
+            raise ValueError(f"the adapter {what} {absent[0]}, which the safetensors of the model {self.model} do not "
+                             "hold (an adapter of another base model, tied weights, or weights not in safetensors?)")
+
+
+def model_folder(model: str) -> Path:
+    """The local folder of `model` (a folder, or a hub id in the local cache)."""
+    if Path(model).is_dir():
+        return Path(model)
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(model, allow_patterns=["*.safetensors", "*.safetensors.index.json"]))

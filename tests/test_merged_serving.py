@@ -1,5 +1,7 @@
 """Adapters served merged into the base weights (rollout/merged.py, the CPU default): a worker samples, version
-after version, exactly what a fresh worker on PEFT's `merge_and_unload` of the same adapter samples."""
+after version, exactly what a fresh worker on PEFT's `merge_and_unload` of the same adapter samples, also for an
+adapter that adapts only some parts of a fused layer (q_proj and v_proj of qkv_proj) after one that adapted every
+module (whose changes must not survive it); an adapter the merge would not reproduce is refused, naming why."""
 
 from __future__ import annotations
 
@@ -15,7 +17,10 @@ SPEC = SamplingSpec(n=4, temperature=1.0, max_tokens=24)
 CONVERSATIONS = [[{"role": "user", "content": q}] for q in ("What is 12 + 30?", "Natalia sold 48 clips.")]
 
 
-def random_adapter(model_path: str, folder, seed: int):
+ALL = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def random_adapter(model_path: str, folder, seed: int, targets: list[str] = ALL, **options):
     """A LoRA adapter whose B is not zero (PEFT's default init would leave the model unchanged)."""
     import torch
     from peft import LoraConfig, get_peft_model
@@ -23,9 +28,8 @@ def random_adapter(model_path: str, folder, seed: int):
 
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
-    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-    get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=targets, init_lora_weights=False)) \
-        .save_pretrained(folder)
+    config = LoraConfig(r=8, lora_alpha=16, target_modules=targets, init_lora_weights=False, **options)
+    get_peft_model(model, config).save_pretrained(folder)
     return folder
 
 
@@ -51,7 +55,9 @@ def test_a_merged_adapter_samples_what_peft_merge_and_unload_samples(ray_session
     from rollout.actor import RolloutWorker
 
     ray = ray_session
-    first, second = (random_adapter(tiny_model, tmp_path / f"adapter-{s}", s) for s in (1, 2))
+    first = random_adapter(tiny_model, tmp_path / "adapter-1", 1)
+    # Parts of both fused layers: vLLM reloads qkv_proj and gate_up_proj whole.
+    second = random_adapter(tiny_model, tmp_path / "adapter-2", 2, ["q_proj", "v_proj", "up_proj"])
     start = RolloutWorker.options(num_cpus=1, runtime_env={"env_vars": {"OMP_NUM_THREADS": "2"}})
     worker = start.remote(tiny_model, **ENGINE)
     base, _ = sampled(ray, worker)
@@ -73,3 +79,18 @@ def test_a_merged_adapter_samples_what_peft_merge_and_unload_samples(ray_session
     ray.kill(oracle)
     assert served == expected
     assert served != base
+
+
+@pytest.mark.parametrize("options,refused", [
+    ({"use_dora": True}, "use_dora=True"),
+    ({"rank_pattern": {"q_proj": 4}}, "rank_pattern="),
+    ({"modules_to_save": ["lm_head"]}, "modules_to_save="),
+])
+def test_an_adapter_the_merge_would_not_reproduce_is_refused(tiny_model, tmp_path, options, refused):
+    from rollout.merged import BaseWeights, merge_refusal
+
+    adapter = random_adapter(tiny_model, tmp_path / "adapter", 0, ["q_proj", "v_proj"], **options)
+    assert refused in merge_refusal(adapter)
+    with pytest.raises(ValueError, match="rollout.adapter_serving=lora"):
+        BaseWeights(tiny_model, {}).merged(adapter)
+    assert merge_refusal(random_adapter(tiny_model, tmp_path / "plain", 0, ["q_proj", "v_proj"])) is None
