@@ -1,6 +1,6 @@
-"""RLMT reward model: a tiny sequence-classification model trained here (Bradley-Terry, a few steps) to
-prefer one kind of answer ranks held-out answers that way through the Ray actor, which is sent the answers
-with their thinking removed; under `strict` a malformed response gets the null score."""
+"""RLMT reward model: a tiny sequence-classification model trained here (Bradley-Terry, a few steps, from a tiny
+language model's trunk) to prefer one kind of answer ranks held-out answers that way through the Ray actor, which
+is sent the answers with their thinking removed; under `strict` a malformed response gets the null score."""
 
 from __future__ import annotations
 
@@ -34,10 +34,13 @@ def pairs(seed: int, n: int) -> list[tuple[str, str, str]]:
 @pytest.fixture(scope="module")
 def trained_reward_model(tmp_path_factory) -> str:
     from cluster.bench.rlmt import train_reward_model
+    from learner.tiny_model import build_tiny_model
 
-    path = tmp_path_factory.mktemp("rm") / "model"
-    print("reward model:", train_reward_model(path, pairs(seed=0, n=240), steps=30, batch_size=8))
-    return str(path)
+    root = tmp_path_factory.mktemp("rm")
+    figures = train_reward_model(root / "model", build_tiny_model(root / "language-model"), pairs(seed=0, n=240),
+                                 steps=30, batch_size=8, learning_rate=1e-3)
+    print("reward model:", figures)
+    return str(root / "model")
 
 
 def ranking_accuracy(scores_chosen, scores_rejected) -> float:

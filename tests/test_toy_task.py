@@ -152,3 +152,25 @@ def test_rlmt_traces_think_then_state_the_last_step_and_value_and_the_warm_start
         return warm_start_plan(config.model.warm_start, config.data.toy)[2]
 
     assert key("model.warm_start.rlmt=false") == key() != key("model.warm_start.rlmt=true")
+
+
+def test_rlmt_benchmark_names_each_kind_of_response_and_its_pairs_reject_each_kind_in_turn():
+    from cluster.bench.rlmt import REJECTED, preference_pairs, response_kind
+    from cluster.tasks.toy_task import ToyProblem
+
+    # x=3, +4 -> 7, *3 -> 1: worked out by hand.
+    problem = ToyProblem(start=3, steps=(("+", 4), ("*", 3)))
+    assert problem.answer == "1"
+    for text, kind in [("b*3:7=1 \\boxed{1}", "right"), ("<think>a+4:3=7 b*3:7=1</think>b*3:7=1 \\boxed{1}", "right"),
+                       ("b*3:7=5 \\boxed{5}", "arithmetic"), ("b*3:5=5 \\boxed{5}", "slipped"),
+                       ("b*3:7=1 \\boxed{4}", "mismatched"), ("<think>a+4:3=7</think>", "malformed"),
+                       ("the answer is \\boxed{1}", "malformed")]:
+        assert response_kind(text, problem.answer) == kind, text
+    pairs = preference_pairs(ToyConfig(operations=4), "train", 30, seed=0)
+    golds = [p.answer for p in toy_problems(ToyConfig(operations=4), "train", 30)]
+    assert [response_kind(chosen, gold) for (_, chosen, _), gold in zip(pairs, golds)] == ["right"] * 30
+    rejected = [response_kind(r, gold) for (_, _, r), gold in zip(pairs, golds)]
+    # "slipped" falls back to "mismatched" where the last step maps every value to its result (x*5 of an odd x).
+    assert all(kind == REJECTED[i % 3] or (REJECTED[i % 3] == "slipped" and kind == "mismatched")
+               for i, kind in enumerate(rejected)), rejected
+    assert rejected.count("slipped") >= 5

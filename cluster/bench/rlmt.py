@@ -16,9 +16,13 @@ Per seed, three arms of `steps` steps from the same warm start (`model.warm_star
 
     python -m cluster.bench.rlmt --seeds 0 1 2 --steps 30
 
+The reward model starts from that warm start's trunk, as reward models start from a language model.
+
 Reports per arm, as mean and 95% t-interval over seeds, the reward-model score and the true score of the
-training samples per step, and held-out pass@1 (the true score) at step 0 and at the end; the reward model's
-held-out ranking accuracy. Prints JSON and a table; writes results.json to --out. Finished runs are reused.
+training samples per step, held-out pass@1 (the true score) at step 0 and at the end, and what the held-out
+responses are then (right, or which kind of wrong: `response_kind`); the reward model's held-out ranking
+accuracy, per kind of rejected answer. Prints JSON and a table; writes results.json and curves.png to --out.
+Finished runs are reused.
 """
 
 from __future__ import annotations
@@ -26,12 +30,19 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
+import shutil
+import statistics
+from collections import Counter
 from pathlib import Path
 
+from tqdm import tqdm
+
 from cluster.bench.learning import interval, read_rows, run_one, slug
-from cluster.config import ToyConfig, load_config
-from cluster.tasks.toy_task import (OPERATIONS, ToyProblem, rlmt_corpus, rlmt_response, step_text,
-                                    tokenizer_corpus, toy_problems)
+from cluster.config import RunConfig, ToyConfig, load_config
+from cluster.tasks.toy_task import OPERATIONS, ToyProblem, rlmt_response, step_text, toy_problems
+from cluster.tasks.warm_start import ensure_toy_warm_start
+from rewards.format import strip_thinking
 
 CONFIGS = {"grpo, thinking": ("rlmt-toy-grpo", []), "dpo, thinking": ("rlmt-toy-dpo", []),
            "grpo, no thinking": ("rlmt-toy-grpo", ["rollout.response_format=response"])}
@@ -73,15 +84,30 @@ def preference_pairs(task: ToyConfig, split: str, count: int, seed: int) -> list
     return pairs
 
 
-def train_reward_model(path: Path, pairs: list[tuple[str, str, str]], steps: int, batch_size: int = 32,
-                       learning_rate: float = 1e-3, seed: int = 0, corpus: list[str] = ()) -> dict:
-    """A tiny reward model trained on `pairs` with the Bradley-Terry loss, written to `path`."""
+def reward_model_from(language_model: Path, path: Path) -> None:
+    """A one-score sequence classifier at `path` with the trunk of `language_model` and a fresh score head: reward
+    models start from a language model (RLMT's from instruct models), since one trained from scratch on a few
+    thousand pairs must learn the task's arithmetic from the preference signal alone (a tiny one trained so
+    stayed at chance, loss ln 2)."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(language_model)
+    model = AutoModelForSequenceClassification.from_pretrained(language_model, num_labels=1, dtype=torch.float32)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+
+
+def train_reward_model(path: Path, language_model: Path, pairs: list[tuple[str, str, str]], steps: int,
+                       batch_size: int = 32, learning_rate: float = 3e-4, seed: int = 0) -> dict:
+    """A reward model from `language_model`, trained on `pairs` with the Bradley-Terry loss, written to `path`."""
     import torch
 
-    from learner.tiny_model import build_tiny_reward_model
     from rewards.reward_model import RewardModelScorer
 
-    build_tiny_reward_model(path, seed=seed, extra_corpus=corpus)
+    reward_model_from(language_model, path)
     scorer = RewardModelScorer(str(path))
     model, tokenizer = scorer.model, scorer.tokenizer
     model.train()
@@ -89,7 +115,8 @@ def train_reward_model(path: Path, pairs: list[tuple[str, str, str]], steps: int
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate)
     order = random.Random(seed)
     losses = []
-    for _ in range(steps):
+    progress = tqdm(range(steps), desc="reward model", unit="step")
+    for _ in progress:
         batch = order.sample(pairs, min(batch_size, len(pairs)))
         texts = [scorer.render(q, a) for q, chosen, rejected in batch for a in (chosen, rejected)]
         inputs = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
@@ -99,31 +126,44 @@ def train_reward_model(path: Path, pairs: list[tuple[str, str, str]], steps: int
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
+        progress.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
     model.eval()
     model.save_pretrained(path)
-    return {"steps": steps, "pairs": len(pairs), "final_loss": sum(losses[-10:]) / len(losses[-10:])}
+    return {"final_loss": sum(losses[-10:]) / len(losses[-10:])}
 
 
-def ranking_accuracy(path: Path, pairs: list[tuple[str, str, str]]) -> float:
-    """The share of pairs whose chosen answer the reward model scores above the rejected one."""
+def ranking_accuracy(path: Path, pairs: list[tuple[str, str, str]]) -> dict[str, float]:
+    """The share of pairs whose chosen answer the reward model scores above the rejected one: over all pairs, and
+    per kind of rejected answer (`preference_pairs` draws REJECTED in turn). A "slipped" answer is sound on its
+    face, so about 0.5 is all a model that reads the response can reach there."""
     from rewards.reward_model import RewardModelScorer
 
     scorer = RewardModelScorer(str(path))
     chosen = scorer.score([q for q, _, _ in pairs], [c for _, c, _ in pairs])
     rejected = scorer.score([q for q, _, _ in pairs], [r for _, _, r in pairs])
-    return sum(c > r for c, r in zip(chosen, rejected)) / len(pairs)
+    right = [c > r for c, r in zip(chosen, rejected)]
+    by_kind = {kind: right[i::len(REJECTED)] for i, kind in enumerate(REJECTED)}
+    return {"all": sum(right) / len(right)} | {kind: sum(r) / len(r) for kind, r in by_kind.items()}
 
 
-def prepare_reward_model(out: Path, task: ToyConfig, pairs: int, steps: int, batch_size: int,
-                         seed: int) -> tuple[Path, dict]:
-    """The reward model under `out` (built once), and its training and held-out ranking figures."""
+def prepare_reward_model(out: Path, config: RunConfig, pairs: int, steps: int, batch_size: int,
+                         learning_rate: float) -> tuple[Path, dict]:
+    """The reward model under `out` from the runs' warm start, built once per setting, and its training and
+    held-out ranking figures. A new one discards the runs trained against the one before."""
     path, summary = out / "reward-model", out / "reward-model.json"
+    task, seed = config.data.toy, config.data.toy.seed
+    language_model = ensure_toy_warm_start(config.model.warm_start, task)
+    settings = {"initialised_from": str(language_model), "pairs": pairs, "steps": steps, "batch_size": batch_size,
+                "learning_rate": learning_rate}
     if summary.is_file() and (path / "config.json").is_file():
-        return path, json.loads(summary.read_text())
-    corpus = tokenizer_corpus(task) + rlmt_corpus()
-    figures = train_reward_model(path, preference_pairs(task, "train", pairs, seed), steps, batch_size, seed=seed,
-                                 corpus=corpus)
-    figures["held_out_ranking_accuracy"] = ranking_accuracy(path, preference_pairs(task, "test", 256, seed + 1))
+        figures = json.loads(summary.read_text())
+        if figures.get("settings") == settings:
+            return path, figures
+    for arm in CONFIGS:
+        shutil.rmtree(out / slug(arm), ignore_errors=True)
+    figures = {"settings": settings} | train_reward_model(
+        path, language_model, preference_pairs(task, "train", pairs, seed), steps, batch_size, learning_rate, seed=seed)
+    figures["held_out_ranking_accuracy"] = ranking_accuracy(path, preference_pairs(task, "test", 258, seed + 1))
     summary.write_text(json.dumps(figures, indent=1) + "\n")
     return path, figures
 
@@ -134,42 +174,107 @@ def reward_override(model: Path) -> str:
             "{name: accuracy, weight: 0.0}]")
 
 
+RESPONSE = re.compile(r"([a-z])([+*-])(\d):(\d)=(\d) \\boxed\{(\d)\}")
+KINDS = ("right", *REJECTED, "malformed")
+WINDOW = 5
+
+
+def response_kind(text: str, gold: str) -> str:
+    """What a sampled response is, by the preferences' kinds: right (the chain's value), one of REJECTED's
+    wrong kinds, or malformed. A rising share of "slipped" is the reward model being exploited: a sound last
+    step from a wrong value is the wrong response it cannot tell from a right one."""
+    match = RESPONSE.fullmatch(strip_thinking(text))
+    if match is None:
+        return "malformed"
+    _, op, operand, before, after, boxed = match.groups()
+    if boxed == gold:
+        return "right"
+    if OPERATIONS[op](int(before), int(operand)) != int(after):
+        return "arithmetic"
+    return "mismatched" if boxed != after else "slipped"
+
+
+def response_kinds(samples: Path) -> dict[str, float]:
+    """The share of each kind among the held-out responses in one evaluation's samples.jsonl."""
+    kinds = Counter(response_kind(row["rounds"][-1], row["gold"]) for row in read_rows(samples))
+    return {kind: kinds[kind] / sum(kinds.values()) for kind in KINDS}
+
+
 def run_figures(run_dir: Path, steps: int) -> dict | None:
-    """One finished run's training figures per step and its held-out pass@1 at step 0 and at the end."""
+    """One finished run's training figures per step, its held-out pass@1 at step 0 and at the end, and the
+    kinds of its held-out responses then."""
     rows = read_rows(run_dir / "metrics.jsonl")
     evals = {r["step"]: r["eval/pass@1"] for r in rows if "eval/pass@1" in r}
     if not {0, steps} <= evals.keys():
         return None
     trained = {r["step"]: r for r in rows if "reward/reward_model" in r}
     return {"pass@1/start": evals[0], "pass@1/end": evals[steps],
+            "kinds/start": response_kinds(run_dir / "eval" / "step-0" / "samples.jsonl"),
+            "kinds/end": response_kinds(run_dir / "eval" / f"step-{steps}" / "samples.jsonl"),
             "reward_model": [trained[s]["reward/reward_model"] if s in trained else None for s in range(1, steps + 1)],
             "true_score": [trained[s].get("reward/accuracy") if s in trained else None for s in range(1, steps + 1)]}
 
 
 def summarise(by_arm: dict[str, list[dict]], steps: int) -> dict:
-    """Per arm: held-out pass@1 at the start and end, and per step the mean and half-width over seeds."""
+    """Per arm: held-out pass@1 and response kinds at the start and end, and per step the mean and half-width
+    over seeds."""
     summary = {}
     for arm, runs in by_arm.items():
         entry = {"runs": len(runs)}
         for key in ("pass@1/start", "pass@1/end"):
             entry[key] = interval([run[key] for run in runs])
+        for key in ("kinds/start", "kinds/end"):
+            entry[key] = {kind: interval([run[key][kind] for run in runs]) for kind in KINDS}
         for key in ("reward_model", "true_score"):
             entry[key] = [interval(values) if (values := [run[key][s] for run in runs if run[key][s] is not None])
                           else None for s in range(steps)]
+            # One step's 32 samples of 4 prompts are noisy: the first and last WINDOW steps, averaged per run.
+            for name, part in (("first", slice(None, WINDOW)), ("last", slice(-WINDOW, None))):
+                entry[f"{key}/{name}"] = interval([statistics.fmean(v for v in run[key][part] if v is not None)
+                                                   for run in runs])
         summary[arm] = entry
     return summary
 
 
+def plot(out: Path, summary: dict, steps: int) -> Path:
+    """Per arm, the reward-model score and the true score of the training samples per step (mean over seeds,
+    over WINDOW steps), and held-out pass@1 at the start and end."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (scores, truth) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
+    for arm, entry in summary.items():
+        for ax, key in ((scores, "reward_model"), (truth, "true_score")):
+            means = [None if v is None else v[0] for v in entry[key]]
+            smooth = [statistics.fmean(window) if (window := [m for m in means[max(0, i - WINDOW + 1): i + 1]
+                                                              if m is not None]) else None for i in range(steps)]
+            line, = ax.plot(range(1, steps + 1), smooth, label=arm)
+        truth.plot([0, steps], [entry["pass@1/start"][0], entry["pass@1/end"][0]], "o--", color=line.get_color(),
+                   label=f"{arm}, held-out pass@1")
+    scores.set_title(f"reward-model score (training samples, {WINDOW}-step mean)", fontsize=10)
+    truth.set_title("true score: the rule the preferences came from", fontsize=10)
+    for ax in (scores, truth):
+        ax.set_xlabel("step")
+        ax.legend(fontsize=7)
+    path = out / "curves.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def table(summary: dict) -> str:
     def cell(value) -> str:
-        return "-" if value is None else f"{value[0]:.3f} +-{value[1]:.3f}"
+        return f"{value[0]:.3f} +-{value[1]:.3f}"
 
-    lines = [f"{'arm':<20} {'pass@1 start':>16} {'pass@1 end':>16} {'rm score first':>16} {'rm score last':>16} "
-             f"{'true first':>16} {'true last':>16}"]
+    heads = ("pass@1 start", "pass@1 end", f"rm first {WINDOW}", f"rm last {WINDOW}", f"true first {WINDOW}",
+             f"true last {WINDOW}", "slipped start", "slipped end")
+    lines = [f"{'arm':<20} " + " ".join(f"{h:>16}" for h in heads)]
     for arm, s in summary.items():
-        lines.append(f"{arm:<20} {cell(s['pass@1/start']):>16} {cell(s['pass@1/end']):>16} "
-                     f"{cell(s['reward_model'][0]):>16} {cell(s['reward_model'][-1]):>16} "
-                     f"{cell(s['true_score'][0]):>16} {cell(s['true_score'][-1]):>16}")
+        cells = (s["pass@1/start"], s["pass@1/end"], s["reward_model/first"], s["reward_model/last"],
+                 s["true_score/first"], s["true_score/last"], s["kinds/start"]["slipped"], s["kinds/end"]["slipped"])
+        lines.append(f"{arm:<20} " + " ".join(f"{cell(c):>16}" for c in cells))
     return "\n".join(lines)
 
 
@@ -182,15 +287,16 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--rm-pairs", type=int, default=4000, help="synthetic preference pairs")
     parser.add_argument("--rm-steps", type=int, default=1500, help="Bradley-Terry steps of --rm-batch pairs")
     parser.add_argument("--rm-batch", type=int, default=32)
+    parser.add_argument("--rm-lr", type=float, default=3e-4)
     parser.add_argument("--prepare-only", action="store_true", help="train the reward model and stop")
     parser.add_argument("--out", default="runs/rlmt-toy")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="for every run")
     args = parser.parse_args(argv)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    # The reward model learns the task the runs train on, difficulty and seed included.
-    task = load_config(CONFIGS["grpo, thinking"][0], args.overrides).data.toy
-    model, rm_figures = prepare_reward_model(out, task, args.rm_pairs, args.rm_steps, args.rm_batch, task.seed)
+    # The reward model learns the task the runs train on, difficulty and seed included, from their warm start.
+    config = load_config(CONFIGS["grpo, thinking"][0], args.overrides)
+    model, rm_figures = prepare_reward_model(out, config, args.rm_pairs, args.rm_steps, args.rm_batch, args.rm_lr)
     print(f"reward model: {model} {json.dumps(rm_figures)}")
     if args.prepare_only:
         return rm_figures
@@ -209,6 +315,7 @@ def main(argv: list[str] | None = None) -> dict:
             by_arm.setdefault(arm, []).append(figures)
     results = {"steps": args.steps, "seeds": args.seeds, "overrides": args.overrides, "reward_model": rm_figures,
                "arms": summarise(by_arm, args.steps)}
+    results["plot"] = str(plot(out, results["arms"], args.steps))
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results))
     print(table(results["arms"]))
