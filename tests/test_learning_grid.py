@@ -108,6 +108,32 @@ def test_the_motivation_arms_are_motif_in_each_mode(tmp_path):
     assert all(cell == {"8": {"runs": 0, "failed": 0}} for cell in results["cells"].values())
 
 
+
+def test_the_prompt_varied_warm_start_reads_each_mode_as_its_run_writes_it():
+    import dataclasses
+
+    from cluster.bench.merf import motivation_rows
+    from cluster.config import load_config
+    from cluster.spec import rollout_spec
+    from rewards import build_rewards
+    from rewards.motivation import MODES
+
+    config = load_config("demo", ["data.toy.operations=8"])
+    rows = motivation_rows(config, 12, seed=5)
+    rewards = build_rewards(config.reward.components, "reasoning_progress", config.rollout.max_tokens)
+    for i, row in enumerate(rows):
+        mode = MODES[i % len(MODES)]
+        # The run's own prompts in that mode, from the rollout spec a `motif train` in it builds.
+        spec = rollout_spec(dataclasses.replace(config, reward=dataclasses.replace(config.reward, motivation=mode)),
+                            rewards)
+        answers = row["response"].endswith("</answer>")
+        assert row["prompt"][0] == {"role": "system",
+                                    "content": spec.final_system_prompt if answers else spec.system_prompt}
+    # Rows of single solutions and of MOTIF's 3 rounds: every mode is read in progress rounds and last rounds.
+    seen = {(row["prompt"][0]["content"], row["response"].endswith("</answer>")) for row in rows}
+    assert len(seen) == 2 * len(MODES)
+    assert rows[0]["prompt"][0]["content"].startswith("You are") and "weight" not in rows[0]["prompt"][0]["content"]
+
 def test_a_run_recorded_with_motivation_false_is_reused_as_none(tmp_path):
     from cluster.config import load_config, to_dict
 

@@ -9,7 +9,9 @@ arm gives single-round GRPO MOTIF's total budget (3 rounds' worth) in one round;
 continuation rounds as well as round 1 (learner.credit=every_round). Each is evaluated on
 held-out questions in its own protocol and budget, at step 0 and at the last step (--every adds more).
 `--arms motivation` runs MeRF's ablation instead (or beside, `--arms protocols motivation`): MOTIF told of its
-reward in each reward.motivation mode. `--arms staleness`: MOTIF at rollout.max_staleness 0, 1 and 2.
+reward in each reward.motivation mode; with `--motivation-warm-start` its arms start from the warm start
+fine-tuned under every mode's prompt (cluster/bench/merf.py), so that no prompt is new to the model.
+`--arms staleness`: MOTIF at rollout.max_staleness 0, 1 and 2.
 
     python -m cluster.bench.learning --operations 4 6 8 10 --warm-starts 0 1 --seeds 0 1 2 --steps 30
 
@@ -37,6 +39,7 @@ from pathlib import Path
 import yaml
 from tqdm import tqdm
 
+from cluster.bench.merf import prompt_varied_warm_start
 from cluster.config import ConfigError, RunConfig, load_config, read_as_now, to_dict, without_new_unset
 from cluster.evaluation import t_quantile
 from rewards.motivation import MODES
@@ -274,6 +277,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--arms", nargs="+", choices=ARMS, default=["protocols"],
                         help="protocols: GRPO against MOTIF; motivation: MOTIF under each reward.motivation mode; "
                              "staleness: MOTIF at rollout.max_staleness 0, 1, 2")
+    parser.add_argument("--motivation-warm-start", action="store_true",
+                        help="start the motivation arms from the warm start fine-tuned under every mode's prompt")
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     args = parser.parse_args(argv)
     methods = [method for arms in args.arms for method in ARMS[arms]]
@@ -296,6 +301,8 @@ def main(argv: list[str] | None = None) -> dict:
             run_dir = out / f"ops{d}" / f"ws{w}" / f"{slug(m)}-seed{s}"
             arguments = run_arguments(args.config, d, w, m, s, args.steps, args.every or args.steps,
                                       args.overrides, args.warm_start_operations or args.operations)
+            if args.motivation_warm_start and m in MOTIVATION_ARMS:
+                arguments.append(f"model.path={prompt_varied_warm_start(out, arguments[1], arguments[2:])}")
             record = recorded(run_dir, arguments) if args.report else run_one(run_dir, arguments, args.steps)
             if record is None:
                 continue
@@ -308,7 +315,7 @@ def main(argv: list[str] | None = None) -> dict:
                 took = "reused" if record["reused"] else f"{record['wall_s']:.0f} s"
                 progress.write(f"{d} ops, warm start {w}, seed {s}, {m}: {verdict} ({took})")
     results = {"config": args.config, "overrides": args.overrides, "steps": args.steps,
-               "arms": args.arms, "operations": args.operations, "warm_starts": args.warm_starts, "seeds": args.seeds,
+               "arms": args.arms, "motivation_warm_start": args.motivation_warm_start, "operations": args.operations, "warm_starts": args.warm_starts, "seeds": args.seeds,
                "warm_start_operations": args.warm_start_operations or args.operations,
                "wall_s_this_invocation": round(time.monotonic() - started, 1),
                "wall_s_all_runs": round(sum(r["wall_s"] for rs in runs.values() for r in rs), 1),
