@@ -45,6 +45,8 @@ def test_grid_summary_matches_hand_computation(tmp_path, capsys):
     assert cell["first_failure_round"] is None  # the scripted runs kept no evaluation samples
     assert math.isclose(cell["gain"], mean) and math.isclose(cell["ci95"], half, rel_tol=1e-6)
     assert math.isclose(cell["start"], (0.5 + 0.5 + 0.6) / 3) and math.isclose(cell["end"], (0.6 + 0.7 + 0.65) / 3)
+    assert list(cell["curve"]) == ["0", str(STEPS)] and math.isclose(cell["curve"][str(STEPS)], cell["end"])
+    assert not (tmp_path / "curves.png").exists()  # evaluated at the ends only: the heat-map says it all
     single = results["cells"]["grpo, 1 round"]["4"]
     assert math.isclose(single["gain"], -0.1) and single["ci95"] == 0.0 and single["runs"] == 1
     assert single["failed"] == 1  # reported, never averaged in, and not reused

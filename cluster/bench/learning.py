@@ -18,8 +18,8 @@ fine-tuned under every mode's prompt (cluster/bench/merf.py), so that no prompt 
 Runs go to --out/ops<d>/ws<w>/<method>-seed<s>, each with its log and the arguments it ran with. A rerun with
 the same --out reuses every run that finished with the same resolved config, so an interrupted grid continues
 where it stopped; --report only summarises the finished runs. Prints a JSON document and a table, and writes
-results.json and grid.png (a heat-map of the gains) to --out. Extra key=value arguments override the demo
-config for every run (e.g. rollout.max_tokens=40).
+results.json and grid.png (a heat-map of the gains) to --out, and curves.png with --every. Extra key=value
+arguments override the demo config for every run (e.g. rollout.max_tokens=40).
 """
 
 from __future__ import annotations
@@ -190,6 +190,9 @@ def summarise(runs: dict, steps: int) -> dict:
             cell |= {"gain": mean, "ci95": half, "lo": mean - half, "hi": mean + half, "gains": gains,
                      "start": statistics.fmean(r["pass@1"]["0"] for r in done),
                      "end": statistics.fmean(r["pass@1"][str(steps)] for r in done),
+                     # Mean pass@1 at every evaluation all the runs made (--every adds them).
+                     "curve": {step: statistics.fmean(r["pass@1"][step] for r in done) for step in
+                               sorted(set.intersection(*(set(r["pass@1"]) for r in done)), key=int)},
                      "first_failure_round": first_failures(done, steps)}
         cells.setdefault(method, {})[str(operations)] = cell
     return cells
@@ -228,6 +231,30 @@ def markdown(results: dict) -> str:
             f"{c['gain']:+.3f} ± {c['ci95']:.3f} ({c['start']:.3f} → {c['end']:.3f}, n={c['runs']})" if "gain" in c
             else "no run" for c in cells) + " |")
     return "\n".join(lines)
+
+
+def curves(results: dict, path: Path) -> bool:
+    """Held-out pass@1 at each evaluation, mean over a cell's runs, one line per method and difficulty; False
+    (and nothing written) where no cell was evaluated between its ends."""
+    lines = {(m, d): cell["curve"] for m, by in results["cells"].items() for d, cell in by.items() if "curve" in cell}
+    if not any(len(curve) > 2 for curve in lines.values()):
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2), constrained_layout=True)
+    for (method, operations), curve in lines.items():
+        label = method if len(results["operations"]) == 1 else f"{method}, {operations} ops"
+        ax.plot([int(step) for step in curve], list(curve.values()), marker="o", label=label)
+    ax.set_xlabel("step")
+    ax.set_ylabel("held-out pass@1")
+    ax.set_title("held-out pass@1, mean over runs", fontsize=10)
+    ax.legend(fontsize=7)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
 
 
 def heatmap(results: dict, path: Path) -> None:
@@ -322,6 +349,8 @@ def main(argv: list[str] | None = None) -> dict:
                "cells": summarise(runs, args.steps)}
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     heatmap(results, out / "grid.png")
+    if curves(results, out / "curves.png"):
+        print(f"curves: {out / 'curves.png'}")
     print(json.dumps(results))
     print(table(results))
     print(markdown(results))
