@@ -146,3 +146,15 @@ def test_a_run_recorded_with_motivation_false_is_reused_as_none(tmp_path):
         del term["overlong_limit"], term["overlong_buffer"]  # nor had the terms these keys
     (run_dir / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
     assert finished(run_dir, arguments, STEPS) is not None
+
+
+def test_the_prompt_varied_warm_start_is_kept_per_what_shapes_it(tmp_path):
+    from cluster.bench.merf import prompt_varied_warm_start
+
+    def where(*overrides):
+        return prompt_varied_warm_start(tmp_path, "demo", ["data.toy.operations=8", *overrides], build=False)
+
+    assert where() == where("rollout.seed=3", "steps=5")  # what RL does after it does not shape it
+    assert where() != where("reward.components=[{name: accuracy, weight: 1.0}]")  # the modes' prompts change
+    assert where() != where("model.warm_start.seed=1") != where("data.toy.operations=6")
+    assert not where().exists()  # located, not built

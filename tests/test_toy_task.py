@@ -163,14 +163,15 @@ def test_rlmt_benchmark_names_each_kind_of_response_and_its_pairs_reject_each_ki
     assert problem.answer == "1"
     for text, kind in [("b*3:7=1 \\boxed{1}", "right"), ("<think>a+4:3=7 b*3:7=1</think>b*3:7=1 \\boxed{1}", "right"),
                        ("b*3:7=5 \\boxed{5}", "arithmetic"), ("b*3:5=5 \\boxed{5}", "slipped"),
-                       ("b*3:7=1 \\boxed{4}", "mismatched"), ("<think>a+4:3=7</think>", "malformed"),
+                       ("b*3:7=1 \\boxed{4}", "mismatched"), ("a+4:3=7 \\boxed{7}", "other step"),
+                       ("b*4:7=8 \\boxed{8}", "other step"), ("<think>a+4:3=7</think>", "malformed"),
                        ("the answer is \\boxed{1}", "malformed")]:
-        assert response_kind(text, problem.answer) == kind, text
+        assert response_kind(text, problem) == kind, text
+    problems = toy_problems(ToyConfig(operations=4), "train", 30)
     pairs = preference_pairs(ToyConfig(operations=4), "train", 30, seed=0)
-    golds = [p.answer for p in toy_problems(ToyConfig(operations=4), "train", 30)]
-    assert [response_kind(chosen, gold) for (_, chosen, _), gold in zip(pairs, golds)] == ["right"] * 30
-    rejected = [response_kind(r, gold) for (_, _, r), gold in zip(pairs, golds)]
-    # "slipped" falls back to "mismatched" where the last step maps every value to its result (x*5 of an odd x).
+    assert [response_kind(chosen, p) for (_, chosen, _), p in zip(pairs, problems)] == ["right"] * 30
+    rejected = [response_kind(r, p) for (_, _, r), p in zip(pairs, problems)]
+    # "slipped" falls back to "mismatched" where no other value before the last step gives another result.
     assert all(kind == REJECTED[i % 3] or (REJECTED[i % 3] == "slipped" and kind == "mismatched")
                for i, kind in enumerate(rejected)), rejected
     assert rejected.count("slipped") >= 5

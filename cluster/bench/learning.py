@@ -329,7 +329,8 @@ def main(argv: list[str] | None = None) -> dict:
             arguments = run_arguments(args.config, d, w, m, s, args.steps, args.every or args.steps,
                                       args.overrides, args.warm_start_operations or args.operations)
             if args.motivation_warm_start and m in MOTIVATION_ARMS:
-                arguments.append(f"model.path={prompt_varied_warm_start(out, arguments[1], arguments[2:])}")
+                model = prompt_varied_warm_start(out, arguments[1], arguments[2:], build=not args.report)
+                arguments.append(f"model.path={model}")
             record = recorded(run_dir, arguments) if args.report else run_one(run_dir, arguments, args.steps)
             if record is None:
                 continue

@@ -11,6 +11,7 @@ prompt says: a model that learns to act on the text has to do so in RL, as MeRF'
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import subprocess
@@ -20,9 +21,10 @@ from pathlib import Path
 import yaml
 
 from cluster.config import RunConfig, SFTDataConfig, SFTRunConfig, load_config, to_dict
-from cluster.models import resolve_model
+from cluster.models import TOY_WARM_START, resolve_model
 from cluster.spec import response_format, rollout_spec
 from cluster.tasks.toy_task import sft_rows
+from cluster.tasks.warm_start import warm_start_plan
 from learner.config import LearnerConfig
 from rewards import build_rewards
 from rewards.motivation import MODES
@@ -58,29 +60,35 @@ def motivation_rows(config: RunConfig, count: int, seed: int) -> list[dict]:
     return rows
 
 
-def prompt_varied_warm_start(out: Path, config_name: str, overrides: list[str]) -> Path:
-    """The run's warm start (config `config_name` under `overrides`) fine-tuned on `motivation_rows`; built once
-    under `out`, per warm start and difficulty."""
+def prompt_varied_warm_start(out: Path, config_name: str, overrides: list[str], build: bool = True) -> Path:
+    """The run's warm start (config `config_name` under `overrides`) fine-tuned on `motivation_rows`, built once
+    under `out` per everything that shapes it (the warm start, the task, the modes' prompts, this fine-tune's
+    settings); with `build` False, only where it is or would be."""
     config = load_config(config_name, overrides)
     settings, toy = config.model.warm_start, config.data.toy
-    folder = out / "motivation-warm-start" / f"ops{toy.operations}-ws{settings.seed}"
-    if (folder / "model" / "config.json").is_file():
+    learning_rate = settings.learning_rate / 3
+    base = warm_start_plan(settings, toy)[2] if config.model.path == TOY_WARM_START else config.model.path
+    key_material = json.dumps([base, mode_prompts(config), dataclasses.asdict(toy), STEPS, PROBLEMS, learning_rate])
+    key = hashlib.sha256(key_material.encode()).hexdigest()[:12]
+    folder = out / "motivation-warm-start" / f"ops{toy.operations}-ws{settings.seed}-{key}"
+    if not build or (folder / "model" / "config.json").is_file():
         return folder / "model"
 
-    def build(work: Path) -> None:
+    def write(work: Path) -> None:
         work.mkdir(parents=True)
-        rows = motivation_rows(config, PROBLEMS, seed=settings.seed + 1000)  # other problems than the warm start's
+        # The warm start's problems (toy_problems depends on the task alone) with other slips than its traces'.
+        rows = motivation_rows(config, PROBLEMS, seed=settings.seed + 1000)
         (work / "rows.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
         sft = SFTRunConfig(
             output_dir=str(work), steps=STEPS, seed=settings.seed,
             model=dataclasses.replace(config.model, path=resolve_model(config.model, toy)),
             data=SFTDataConfig(path=str(work / "rows.jsonl")),
-            learner=LearnerConfig(finetune="full", learning_rate=settings.learning_rate / 3, warmup_steps=30,
+            learner=LearnerConfig(finetune="full", learning_rate=learning_rate, warmup_steps=30,
                                   mini_batch_size=settings.batch_size, micro_batch_size=settings.batch_size,
                                   seed=settings.seed))
         (work / "sft.yaml").write_text(yaml.safe_dump(to_dict(sft), sort_keys=False))
         subprocess.run([sys.executable, "-m", "cluster.cli", "sft", "--config", str(work / "sft.yaml")], check=True,
                        env={**os.environ, "HF_HUB_OFFLINE": "1"})
 
-    replace_directory(folder, build)
+    replace_directory(folder, write)
     return folder / "model"

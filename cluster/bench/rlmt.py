@@ -28,6 +28,7 @@ Finished runs are reused.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import random
 import re
@@ -40,9 +41,10 @@ from tqdm import tqdm
 
 from cluster.bench.learning import interval, read_rows, run_one, slug
 from cluster.config import RunConfig, ToyConfig, load_config
-from cluster.tasks.toy_task import OPERATIONS, ToyProblem, rlmt_response, step_text, toy_problems
+from cluster.tasks.toy_task import LETTERS, OPERATIONS, ToyProblem, rlmt_response, step_text, toy_problems
 from cluster.tasks.warm_start import ensure_toy_warm_start
 from rewards.format import strip_thinking
+from rollout.common import replace_directory
 
 CONFIGS = {"grpo, thinking": ("rlmt-toy-grpo", []), "dpo, thinking": ("rlmt-toy-dpo", []),
            "grpo, no thinking": ("rlmt-toy-grpo", ["rollout.response_format=response"])}
@@ -153,16 +155,19 @@ def prepare_reward_model(out: Path, config: RunConfig, pairs: int, steps: int, b
     path, summary = out / "reward-model", out / "reward-model.json"
     task, seed = config.data.toy, config.data.toy.seed
     language_model = ensure_toy_warm_start(config.model.warm_start, task)
-    settings = {"initialised_from": str(language_model), "pairs": pairs, "steps": steps, "batch_size": batch_size,
-                "learning_rate": learning_rate}
+    settings = {"initialised_from": str(language_model), "task": dataclasses.asdict(task), "pairs": pairs,
+                "steps": steps, "batch_size": batch_size, "learning_rate": learning_rate}
     if summary.is_file() and (path / "config.json").is_file():
         figures = json.loads(summary.read_text())
         if figures.get("settings") == settings:
             return path, figures
     for arm in CONFIGS:
         shutil.rmtree(out / slug(arm), ignore_errors=True)
-    figures = {"settings": settings} | train_reward_model(
-        path, language_model, preference_pairs(task, "train", pairs, seed), steps, batch_size, learning_rate, seed=seed)
+    figures = {"settings": settings}
+    # Swapped in whole: the recipes read this folder, and an interrupted build must not leave half a model there.
+    replace_directory(path, lambda staging: figures.update(train_reward_model(
+        staging, language_model, preference_pairs(task, "train", pairs, seed), steps, batch_size, learning_rate,
+        seed=seed)))
     figures["held_out_ranking_accuracy"] = ranking_accuracy(path, preference_pairs(task, "test", 258, seed + 1))
     summary.write_text(json.dumps(figures, indent=1) + "\n")
     return path, figures
@@ -175,32 +180,37 @@ def reward_override(model: Path) -> str:
 
 
 RESPONSE = re.compile(r"([a-z])([+*-])(\d):(\d)=(\d) \\boxed\{(\d)\}")
-KINDS = ("right", *REJECTED, "malformed")
+KINDS = ("right", *REJECTED, "other step", "malformed")
 WINDOW = 5
 
 
-def response_kind(text: str, gold: str) -> str:
-    """What a sampled response is, by the preferences' kinds: right (the chain's value), one of REJECTED's
-    wrong kinds, or malformed. A rising share of "slipped" is the reward model being exploited: a sound last
-    step from a wrong value is the wrong response it cannot tell from a right one."""
+def response_kind(text: str, problem: ToyProblem) -> str:
+    """What a sampled response to `problem` is, by the preferences' kinds: right (the chain's value), one of
+    REJECTED's wrong kinds, a well-formed step that is not the chain's last ("other step"), or malformed. A
+    rising share of "slipped" is the reward model being exploited: a sound last step from a wrong value is the
+    wrong response it cannot tell from a right one."""
     match = RESPONSE.fullmatch(strip_thinking(text))
     if match is None:
         return "malformed"
-    _, op, operand, before, after, boxed = match.groups()
-    if boxed == gold:
+    letter, op, operand, before, after, boxed = match.groups()
+    if boxed == problem.answer:
         return "right"
+    last = len(problem.steps) - 1
+    if (letter, op, int(operand)) != (LETTERS[last], *problem.steps[last]):
+        return "other step"
     if OPERATIONS[op](int(before), int(operand)) != int(after):
         return "arithmetic"
     return "mismatched" if boxed != after else "slipped"
 
 
-def response_kinds(samples: Path) -> dict[str, float]:
-    """The share of each kind among the held-out responses in one evaluation's samples.jsonl."""
-    kinds = Counter(response_kind(row["rounds"][-1], row["gold"]) for row in read_rows(samples))
-    return {kind: kinds[kind] / sum(kinds.values()) for kind in KINDS}
+def response_kinds(samples: Path, problems: list[ToyProblem]) -> dict[str, float]:
+    """The share of each kind among the held-out responses in one evaluation's samples.jsonl (`problems`: the
+    held-out questions in the evaluation's order)."""
+    kinds = Counter(response_kind(row["rounds"][-1], problems[row["question_id"]]) for row in read_rows(samples))
+    return {kind: kinds[kind] / max(1, sum(kinds.values())) for kind in KINDS}
 
 
-def run_figures(run_dir: Path, steps: int) -> dict | None:
+def run_figures(run_dir: Path, steps: int, problems: list[ToyProblem]) -> dict | None:
     """One finished run's training figures per step, its held-out pass@1 at step 0 and at the end, and the
     kinds of its held-out responses then."""
     rows = read_rows(run_dir / "metrics.jsonl")
@@ -209,8 +219,8 @@ def run_figures(run_dir: Path, steps: int) -> dict | None:
         return None
     trained = {r["step"]: r for r in rows if "reward/reward_model" in r}
     return {"pass@1/start": evals[0], "pass@1/end": evals[steps],
-            "kinds/start": response_kinds(run_dir / "eval" / "step-0" / "samples.jsonl"),
-            "kinds/end": response_kinds(run_dir / "eval" / f"step-{steps}" / "samples.jsonl"),
+            "kinds/start": response_kinds(run_dir / "eval" / "step-0" / "samples.jsonl", problems),
+            "kinds/end": response_kinds(run_dir / "eval" / f"step-{steps}" / "samples.jsonl", problems),
             "reward_model": [trained[s]["reward/reward_model"] if s in trained else None for s in range(1, steps + 1)],
             "true_score": [trained[s].get("reward/accuracy") if s in trained else None for s in range(1, steps + 1)]}
 
@@ -230,8 +240,9 @@ def summarise(by_arm: dict[str, list[dict]], steps: int) -> dict:
                           else None for s in range(steps)]
             # One step's 32 samples of 4 prompts are noisy: the first and last WINDOW steps, averaged per run.
             for name, part in (("first", slice(None, WINDOW)), ("last", slice(-WINDOW, None))):
-                entry[f"{key}/{name}"] = interval([statistics.fmean(v for v in run[key][part] if v is not None)
-                                                   for run in runs])
+                means = [statistics.fmean(window) for run in runs
+                         if (window := [v for v in run[key][part] if v is not None])]
+                entry[f"{key}/{name}"] = interval(means) if means else None
         summary[arm] = entry
     return summary
 
@@ -266,7 +277,7 @@ def plot(out: Path, summary: dict, steps: int) -> Path:
 
 def table(summary: dict) -> str:
     def cell(value) -> str:
-        return f"{value[0]:.3f} +-{value[1]:.3f}"
+        return "-" if value is None else f"{value[0]:.3f} +-{value[1]:.3f}"
 
     heads = ("pass@1 start", "pass@1 end", f"rm first {WINDOW}", f"rm last {WINDOW}", f"true first {WINDOW}",
              f"true last {WINDOW}", "slipped start", "slipped end")
@@ -300,15 +311,16 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"reward model: {model} {json.dumps(rm_figures)}")
     if args.prepare_only:
         return rm_figures
+    held_out = toy_problems(config.data.toy, "test", config.eval.limit)  # in the evaluation's order
     by_arm: dict[str, list[dict]] = {}
     for seed in args.seeds:
         common = [f"steps={args.steps}", f"eval.every={args.every}", f"rollout.seed={seed}", f"learner.seed={seed}",
                   f"data.shuffle_seed={seed}", "checkpoint.every=0", reward_override(model), *args.overrides]
         for arm in args.arms:
-            config, extra = CONFIGS[arm]
+            recipe, extra = CONFIGS[arm]
             run_dir = out / slug(arm) / f"seed{seed}"
-            record = run_one(run_dir, ["--config", config, *common, *extra], args.steps)
-            figures = run_figures(run_dir, args.steps)
+            record = run_one(run_dir, ["--config", recipe, *common, *extra], args.steps)
+            figures = run_figures(run_dir, args.steps, held_out)
             if figures is None:
                 print(f"{arm}, seed {seed}: no result (exit {record.get('returncode')}; see {run_dir}/benchmark.log)")
                 continue
