@@ -343,7 +343,8 @@ def main(argv: list[str] | None = None) -> dict:
                 took = "reused" if record["reused"] else f"{record['wall_s']:.0f} s"
                 progress.write(f"{d} ops, warm start {w}, seed {s}, {m}: {verdict} ({took})")
     results = {"config": args.config, "overrides": args.overrides, "steps": args.steps,
-               "arms": args.arms, "motivation_warm_start": args.motivation_warm_start, "operations": args.operations, "warm_starts": args.warm_starts, "seeds": args.seeds,
+               "arms": args.arms, "motivation_warm_start": args.motivation_warm_start,
+               "operations": args.operations, "warm_starts": args.warm_starts, "seeds": args.seeds,
                "warm_start_operations": args.warm_start_operations or args.operations,
                "wall_s_this_invocation": round(time.monotonic() - started, 1),
                "wall_s_all_runs": round(sum(r["wall_s"] for rs in runs.values() for r in rs), 1),
